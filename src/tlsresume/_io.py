@@ -1,0 +1,113 @@
+"""Turning SSL_get_error results into exceptions; socket helpers."""
+
+import errno as errno_mod
+import os
+import socket
+
+from ._binding import ffi, lib
+from .errors import (
+    CertificateVerifyError,
+    ConnectError,
+    ProtocolError,
+    SyscallError,
+    TLSTimeoutError,
+    UnexpectedEOFError,
+    WantReadError,
+    WantWriteError,
+    ZeroReturnError,
+    describe,
+    drain_errors,
+)
+
+_UNEXPECTED_EOF = lib.SSL_R_UNEXPECTED_EOF_WHILE_READING
+_VERIFY_FAILED = lib.SSL_R_CERTIFICATE_VERIFY_FAILED
+_TIMEOUT_ERRNOS = (errno_mod.EAGAIN, errno_mod.EWOULDBLOCK,
+                   errno_mod.ETIMEDOUT)
+
+
+def io_error(ssl, ret, what, timeout=None):
+    """Build the exception for a failed SSL_connect/accept/read/write.
+
+    Call it right after the failing call: it reads ``ffi.errno`` and
+    drains OpenSSL's error queue.  ``ssl`` sockets are blocking with
+    kernel timeouts (:func:`open_socket`), so "want read/write" means the
+    timeout ran out.
+    """
+    saved_errno = ffi.errno
+    code = lib.SSL_get_error(ssl, ret)
+    entries = drain_errors()
+    detail = describe(entries)
+    reasons = {lib.ERR_GET_REASON(e[0]) for e in entries}
+
+    if code in (lib.SSL_ERROR_WANT_READ, lib.SSL_ERROR_WANT_WRITE):
+        if saved_errno in _TIMEOUT_ERRNOS or timeout:
+            return TLSTimeoutError(
+                f"{what}: no answer within {timeout:g} s" if timeout
+                else f"{what}: timed out", entries)
+        cls = (WantReadError if code == lib.SSL_ERROR_WANT_READ
+               else WantWriteError)
+        return cls(f"{what}: operation would block", entries)
+    if code == lib.SSL_ERROR_ZERO_RETURN:
+        return ZeroReturnError(f"{what}: the peer closed the TLS "
+                               "connection (close_notify)", entries)
+    if code == lib.SSL_ERROR_SYSCALL:
+        if saved_errno in _TIMEOUT_ERRNOS and saved_errno != 0:
+            return TLSTimeoutError(
+                f"{what}: no answer within {timeout:g} s"
+                if timeout else f"{what}: timed out", entries)
+        if saved_errno == 0:
+            return UnexpectedEOFError(
+                f"{what}: the peer closed the connection without "
+                "close_notify", entries)
+        return SyscallError(
+            f"{what}: {os.strerror(saved_errno)}"
+            + (f" ({detail})" if detail else ""), entries)
+    if code == lib.SSL_ERROR_SSL:
+        if _UNEXPECTED_EOF in reasons:
+            return UnexpectedEOFError(
+                f"{what}: the peer closed the connection without "
+                "close_notify", entries)
+        verify = lib.SSL_get_verify_result(ssl)
+        if _VERIFY_FAILED in reasons and verify != lib.X509_V_OK:
+            text = ffi.string(
+                lib.X509_verify_cert_error_string(verify)).decode()
+            return CertificateVerifyError(
+                f"{what}: certificate verification failed: {text}",
+                entries, verify_code=verify, verify_message=text)
+        return ProtocolError(
+            f"{what}: TLS protocol error: {detail or 'no detail'}", entries)
+    return ProtocolError(f"{what}: SSL_get_error returned {code}"
+                         + (f" ({detail})" if detail else ""), entries)
+
+
+def open_socket(host, port, timeout):
+    """Connect a TCP socket, blocking, with kernel send/receive timeouts.
+
+    Blocking sockets let each SSL_connect, SSL_read and SSL_write run as
+    one C call with the GIL released; SO_RCVTIMEO/SO_SNDTIMEO bound each
+    wait to ``timeout`` seconds.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout:
+        raise TLSTimeoutError(
+            f"connecting to {host}:{port}: no answer within "
+            f"{timeout:g} s") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConnectError(
+            f"could not connect to {host}:{port}: {reason}") from exc
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(True)
+        set_timeouts(sock, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_timeouts(sock, timeout):
+    """Set kernel send and receive timeouts on a blocking socket."""
+    if lib.tlsresume_set_timeouts(sock.fileno(), timeout or 0.0) != 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))

@@ -1,0 +1,497 @@
+"""The high-level client: ClientContext and Connection."""
+
+import hashlib
+import ipaddress
+import logging
+import os
+
+from ._binding import SSL_EX_INDEX, ffi, lib
+from ._io import io_error, open_socket, set_timeouts
+from .errors import OpenSSLError, SessionError, TLSError, check, drain_errors
+from .peerkey import PeerKey
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+_VERSIONS = {
+    None: 0,
+    "1.2": lib.TLS1_2_VERSION,
+    "1.3": lib.TLS1_3_VERSION,
+    "TLSv1.2": lib.TLS1_2_VERSION,
+    "TLSv1.3": lib.TLS1_3_VERSION,
+    lib.TLS1_2_VERSION: lib.TLS1_2_VERSION,
+    lib.TLS1_3_VERSION: lib.TLS1_3_VERSION,
+}
+
+
+def tls_version(value, what="version"):
+    """Map '1.2', '1.3', 'TLSv1.3', TLS1_3_VERSION or None to a number."""
+    try:
+        return _VERSIONS[value]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unsupported TLS {what} {value!r}: use '1.2' or '1.3'"
+        ) from None
+
+
+def _file_digest(path, what):
+    """SHA-256 of a file's contents, or of a directory's files."""
+    h = hashlib.sha256()
+    try:
+        if os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                full = os.path.join(path, name)
+                if os.path.isfile(full):
+                    h.update(name.encode("utf-8", "surrogateescape"))
+                    with open(full, "rb") as f:
+                        h.update(f.read())
+        else:
+            with open(path, "rb") as f:
+                h.update(f.read())
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path!r}: "
+                         f"{exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
+def _alpn_wire(protocols):
+    wire = bytearray()
+    for proto in protocols:
+        raw = proto.encode("ascii") if isinstance(proto, str) else proto
+        if not isinstance(raw, bytes) or not 0 < len(raw) < 256:
+            raise ValueError(f"invalid ALPN protocol {proto!r}: must be "
+                             "1 to 255 bytes")
+        wire.append(len(raw))
+        wire += raw
+    return bytes(wire)
+
+
+def _is_ip(host):
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class ClientContext:
+    """Settings shared by many client connections, and their SSL_CTX.
+
+    Verifies the server by default: against ``cafile`` (a file or a
+    directory of hashed certificates) or the system's trust store, with
+    the host name checked and sent as SNI.  ``verify=False`` turns all
+    checking off and must be asked for.  ``certfile``/``keyfile`` give a
+    client certificate; ``alpn`` a list of protocol names.  ``cache`` is a
+    :class:`~tlsresume.SessionCache` that connections take sessions from
+    and put new ones into.
+
+    Thread-safe: one context may serve connections in many threads.  The
+    context owns its SSL_CTX; :meth:`close` frees it (connections still
+    open keep it alive through OpenSSL's own reference count).
+    """
+
+    def __init__(self, cafile=None, verify=True, minimum_version=None,
+                 maximum_version=None, certfile=None, keyfile=None,
+                 alpn=None, cache=None):
+        self.verify = bool(verify)
+        self.cafile = cafile
+        self.minimum_version = tls_version(minimum_version, "minimum_version")
+        self.maximum_version = tls_version(maximum_version, "maximum_version")
+        if (self.minimum_version and self.maximum_version
+                and self.minimum_version > self.maximum_version):
+            raise ValueError("minimum_version is above maximum_version")
+        if keyfile is not None and certfile is None:
+            raise ValueError("keyfile given without certfile")
+        self.alpn = list(alpn) if alpn else []
+        self.cache = cache
+
+        ctx = check(lib.SSL_CTX_new(lib.TLS_client_method()), "SSL_CTX_new")
+        self._ctx = ffi.gc(ctx, lib.SSL_CTX_free)
+        try:
+            trust = self._configure(cafile, certfile, keyfile)
+        except BaseException:
+            self.close()
+            raise
+        # Everything but the peer that decides whether a session made
+        # here may be offered again; see PeerKey.
+        self._config = (
+            self.verify, trust,
+            _file_digest(certfile, "certfile") if certfile else None,
+            _file_digest(keyfile, "keyfile") if keyfile else None,
+            self.minimum_version, self.maximum_version, tuple(self.alpn),
+        )
+
+    def _configure(self, cafile, certfile, keyfile):
+        ctx = self._ctx
+        if self.minimum_version:
+            check(lib.SSL_CTX_set_min_proto_version(ctx,
+                                                    self.minimum_version),
+                  "SSL_CTX_set_min_proto_version")
+        if self.maximum_version:
+            check(lib.SSL_CTX_set_max_proto_version(ctx,
+                                                    self.maximum_version),
+                  "SSL_CTX_set_max_proto_version")
+
+        trust = None
+        if self.verify:
+            lib.SSL_CTX_set_verify(ctx, lib.SSL_VERIFY_PEER, ffi.NULL)
+            if cafile is not None:
+                path = os.fspath(cafile)
+                trust = _file_digest(path, "cafile")
+                encoded = os.fsencode(path)
+                if os.path.isdir(path):
+                    ok = lib.SSL_CTX_load_verify_locations(ctx, ffi.NULL,
+                                                           encoded)
+                else:
+                    ok = lib.SSL_CTX_load_verify_locations(ctx, encoded,
+                                                           ffi.NULL)
+                check(ok, f"loading CA certificates from {path!r}",
+                      ValueError)
+            else:
+                trust = "system-default"
+                check(lib.SSL_CTX_set_default_verify_paths(ctx),
+                      "SSL_CTX_set_default_verify_paths")
+        else:
+            lib.SSL_CTX_set_verify(ctx, lib.SSL_VERIFY_NONE, ffi.NULL)
+
+        if certfile is not None:
+            check(lib.SSL_CTX_use_certificate_chain_file(
+                ctx, os.fsencode(certfile)),
+                f"loading client certificate {certfile!r}", ValueError)
+            check(lib.SSL_CTX_use_PrivateKey_file(
+                ctx, os.fsencode(keyfile or certfile),
+                lib.SSL_FILETYPE_PEM),
+                f"loading client key {keyfile or certfile!r}", ValueError)
+            check(lib.SSL_CTX_check_private_key(ctx),
+                  "client key does not match certificate", ValueError)
+
+        if self.alpn:
+            wire = _alpn_wire(self.alpn)
+            # Unusually, 0 means success here.
+            if lib.SSL_CTX_set_alpn_protos(ctx, wire, len(wire)) != 0:
+                drain_errors()
+                raise ValueError(f"invalid ALPN list {self.alpn!r}")
+
+        # Sessions reach us through the new-session callback, which also
+        # sees TLS 1.3 tickets that arrive after the handshake; OpenSSL's
+        # own client store stays empty.
+        lib.SSL_CTX_set_session_cache_mode(
+            ctx, lib.SSL_SESS_CACHE_CLIENT
+            | lib.SSL_SESS_CACHE_NO_INTERNAL_STORE)
+        lib.SSL_CTX_sess_set_new_cb(ctx, lib._tlsresume_new_session_cb)
+        return trust
+
+    def close(self):
+        """Free the SSL_CTX now.  Safe to call twice."""
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ffi.release(ctx)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def peer_key(self, host, port, server_hostname=None):
+        """The :class:`PeerKey` sessions for this peer are kept under."""
+        name = server_hostname if server_hostname is not None else host
+        return PeerKey.build(host, port, (name,) + self._config)
+
+    def load_session(self, data, host, port, server_hostname=None):
+        """Rebuild a session from :meth:`Session.to_der` bytes.
+
+        Returns a handle the caller owns, scoped to this context and
+        peer.  Raises :class:`SessionError` (a ValueError) when the bytes
+        are not a session.
+        """
+        key = self.peer_key(host, port, server_hostname)
+        return Session._from_der(data, key)
+
+    def connect(self, host, port, *, server_hostname=None, session=None,
+                timeout=10.0):
+        """Open a TLS connection and complete the handshake.
+
+        ``session`` is offered for resumption; it must come from a
+        connection to the same peer under the same configuration, else
+        :class:`SessionError`.  Without one, a session is taken from the
+        context's cache, if it has one.  ``timeout`` bounds the TCP
+        connect and every later wait for the peer.  Returns a
+        :class:`Connection` the caller owns.
+        """
+        if self._ctx is None:
+            raise SessionError("ClientContext is closed")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"invalid port {port!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
+        name = server_hostname if server_hostname is not None else host
+        key = self.peer_key(host, port, server_hostname)
+
+        offered = None
+        from_cache = False
+        if session is not None:
+            if not isinstance(session, Session):
+                raise TypeError("session must be a tlsresume.Session, not "
+                                + type(session).__name__)
+            if session.closed:
+                raise SessionError("session handle is closed")
+            if session.scope != key:
+                raise SessionError(
+                    f"session was made for {session.scope}, not {key}: a "
+                    "session is only offered to the peer and "
+                    "configuration that made it")
+            offered = session
+        elif self.cache is not None:
+            offered = self.cache.take(key)
+            from_cache = offered is not None
+
+        conn = None
+        try:
+            conn = Connection(self, key, host, port, timeout)
+            conn._handshake(name, offered, from_cache)
+        except BaseException:
+            if conn is not None:
+                conn._abort()
+            if from_cache:
+                offered.close()
+            if self.cache is not None:
+                # Nothing learnt from a failed handshake may be offered.
+                self.cache.discard(key)
+            raise
+        return conn
+
+
+class Connection:
+    """One client TLS connection; made by :meth:`ClientContext.connect`.
+
+    Owns its SSL and socket; :meth:`close` (or ``with``) sends
+    close_notify and frees both.  Not for use by several threads at once.
+    """
+
+    def __init__(self, context, key, host, port, timeout):
+        self.context = context
+        self.key = key
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._ssl = None
+        self._sock = None
+        self._handle = None
+        self._session = None
+        self._offered = None
+        self._callback_error = None
+        self.session_reused = False
+        self._sock = open_socket(host, port, timeout)
+
+    def _handshake(self, name, offered, from_cache):
+        ssl = check(lib.SSL_new(self.context._ctx), "SSL_new")
+        self._ssl = ffi.gc(ssl, lib.SSL_free)
+        check(lib.SSL_set_fd(ssl, self._sock.fileno()), "SSL_set_fd")
+        # The handle makes a reference cycle with self until _abort().
+        self._handle = ffi.new_handle(self)
+        lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, self._handle)
+        encoded = name.encode("idna") if not _is_ip(name) else None
+        if encoded is not None:
+            check(lib.SSL_set_tlsext_host_name(ssl, encoded),
+                  "setting SNI", ValueError)
+        if self.context.verify:
+            if encoded is None:
+                param = lib.SSL_get0_param(ssl)
+                check(lib.X509_VERIFY_PARAM_set1_ip_asc(param,
+                                                        name.encode()),
+                      "setting the IP address to verify", ValueError)
+            else:
+                check(lib.SSL_set1_host(ssl, encoded),
+                      "setting the host name to verify", ValueError)
+        if offered is not None:
+            self._offered = offered
+            offered._set_on(ssl)
+
+        ret = lib.SSL_connect(ssl)
+        if ret != 1:
+            raise io_error(ssl, ret,
+                           f"TLS handshake with {self.host}:{self.port}",
+                           self.timeout)
+        self._raise_callback_error()
+        self.session_reused = bool(lib.SSL_session_reused(ssl))
+        if (self.session_reused and self._session is None
+                and lib.SSL_version(ssl) < lib.TLS1_3_VERSION):
+            # TLS 1.2 resumption keeps the same session, valid for the
+            # next connection too.  (A TLS 1.3 ticket is used once.)
+            self._session = offered._dup()
+            if from_cache:
+                self.context.cache.put(self.key, offered)
+                return
+        if from_cache:
+            # The SSL holds its own reference; drop the cache's.
+            offered.close()
+
+    # The new-session callback lands here (see _callbacks below).
+    def _on_new_session(self, session):
+        if not session.is_resumable:
+            session.close()
+            return
+        self._session = session
+        cache = self.context.cache
+        if cache is not None:
+            cache.put(self.key, session._dup())
+
+    def _raise_callback_error(self):
+        error, self._callback_error = self._callback_error, None
+        if error is not None:
+            raise error
+
+    def _call(self, fn, what, *args):
+        if self._ssl is None:
+            raise TLSError(f"{what} on a closed connection")
+        ret = fn(self._ssl, *args)
+        self._raise_callback_error()
+        return ret
+
+    def read(self, size=16384):
+        """Read up to ``size`` bytes; b"" once the peer has closed."""
+        if size <= 0:
+            raise ValueError("size must be positive")
+        buf = ffi.new("char[]", size)
+        ret = self._call(lib.SSL_read, "read", buf, size)
+        if ret > 0:
+            return ffi.buffer(buf, ret)[:]
+        err = io_error(self._ssl, ret, f"reading from {self.host}:"
+                       f"{self.port}", self.timeout)
+        if lib.SSL_get_error(self._ssl, ret) == lib.SSL_ERROR_ZERO_RETURN:
+            return b""
+        raise err
+
+    def write(self, data):
+        """Write all of ``data``; returns its length."""
+        data = bytes(data)
+        if not data:
+            return 0
+        ret = self._call(lib.SSL_write, "write", data, len(data))
+        if ret <= 0:
+            raise io_error(self._ssl, ret, f"writing to {self.host}:"
+                           f"{self.port}", self.timeout)
+        return ret
+
+    def pending(self):
+        """Bytes already decrypted and waiting to be read."""
+        return lib.SSL_pending(self._ssl) if self._ssl is not None else 0
+
+    @property
+    def session(self):
+        """The newest resumable :class:`Session`, or None.
+
+        The handle is shared with the connection and outlives it; under
+        TLS 1.3 tickets arriving after the handshake are picked up by
+        :meth:`read` and :meth:`close`, so ask again after those.
+        """
+        return self._session
+
+    @property
+    def version(self):
+        """The negotiated protocol, e.g. 'TLSv1.3'."""
+        if self._ssl is None:
+            return None
+        return ffi.string(lib.SSL_get_version(self._ssl)).decode()
+
+    @property
+    def cipher(self):
+        """The negotiated cipher suite name."""
+        if self._ssl is None:
+            return None
+        cipher = lib.SSL_get_current_cipher(self._ssl)
+        if cipher == ffi.NULL:
+            return None
+        return ffi.string(lib.SSL_CIPHER_get_name(cipher)).decode()
+
+    @property
+    def alpn_protocol(self):
+        """The protocol the server chose by ALPN, or None."""
+        if self._ssl is None:
+            return None
+        data = ffi.new("const unsigned char **")
+        size = ffi.new("unsigned int *")
+        lib.SSL_get0_alpn_selected(self._ssl, data, size)
+        if size[0] == 0:
+            return None
+        return ffi.buffer(data[0], size[0])[:].decode("ascii", "replace")
+
+    @property
+    def closed(self):
+        """True once :meth:`close` has run."""
+        return self._ssl is None and self._sock is None
+
+    def close(self):
+        """Send close_notify and free the connection.  Safe to repeat.
+
+        Under TLS 1.3, if no ticket has arrived yet, first waits (at most
+        the timeout, usually one round trip) for the server's tickets and
+        close_notify, so the next connection can resume.
+        """
+        ssl = self._ssl
+        if ssl is not None:
+            try:
+                self._shutdown(ssl)
+            except Exception as exc:  # closing must not fail
+                log.debug("closing %s:%s: %s", self.host, self.port, exc)
+            drain_errors()
+        self._abort()
+        self._raise_callback_error()
+
+    def _shutdown(self, ssl):
+        state = lib.SSL_shutdown(ssl)
+        if state != 0 or self._session is not None:
+            return
+        if lib.SSL_version(ssl) < lib.TLS1_3_VERSION:
+            return
+        # Read until the peer's close_notify: tickets in flight are
+        # processed on the way and reach the new-session callback.
+        set_timeouts(self._sock, min(self.timeout or 1.0, 1.0))
+        lib.SSL_shutdown(ssl)
+
+    def _abort(self):
+        ssl, self._ssl = self._ssl, None
+        if ssl is not None:
+            lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, ffi.NULL)
+            ffi.release(ssl)
+        self._handle = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        drain_errors()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else self.version
+        return (f"<tlsresume.Connection {self.host}:{self.port} {state} "
+                f"reused={self.session_reused}>")
+
+
+@ffi.def_extern()
+def _tlsresume_new_session_cb(ssl, session):
+    # Returning 1 tells OpenSSL we keep the reference; 0 that it keeps it.
+    # Nothing raised here may escape into C: store it on the connection,
+    # which raises it once the C call that led here has returned.
+    handle = lib.SSL_get_ex_data(ssl, SSL_EX_INDEX)
+    if handle == ffi.NULL:
+        return 0
+    conn = ffi.from_handle(handle)
+    try:
+        wrapped = Session._wrap(session, conn.key)
+    except BaseException as exc:
+        conn._callback_error = exc
+        return 0
+    try:
+        conn._on_new_session(wrapped)
+    except BaseException as exc:
+        conn._callback_error = exc
+    return 1
+
+
+__all__ = ["ClientContext", "Connection", "OpenSSLError", "tls_version"]

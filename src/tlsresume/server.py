@@ -1,0 +1,258 @@
+"""A session-caching TLS server: the counterpart of the client.
+
+It exists so that everything runs on loopback: the demo, the tests and
+the benchmarks.  Each connection gets a short greeting (so TLS 1.3
+tickets flow before the client reads anything), then the server reads
+until the client closes.
+"""
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+
+from ._binding import ffi, lib
+from ._io import io_error, set_timeouts
+from .client import tls_version
+from .errors import TLSError, check, drain_errors
+
+log = logging.getLogger(__name__)
+
+GREETING = b"hello from tlsresume\n"
+_SESSION_ID_CONTEXT = b"tlsresume-server"
+
+
+class Server:
+    """A threaded TLS server with a server-side session cache.
+
+    ``tickets=False`` turns session tickets off (resumption then uses
+    stateful session ids, TLS 1.3 included); ``cache=False`` turns the
+    server's session cache off (with both off nothing resumes).  With no
+    ``certfile`` a throwaway CA and a certificate for localhost,
+    127.0.0.1 and ::1 are made with trustme; :attr:`cafile` then names
+    the CA for clients.  ``key_type`` ('rsa' or 'ecdsa') picks the key of
+    that generated certificate.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, host="127.0.0.1", port=0, *, certfile=None,
+                 keyfile=None, minimum_version=None, maximum_version=None,
+                 tickets=True, cache=True, greeting=GREETING, timeout=5.0,
+                 key_type="rsa"):
+        self.host = host
+        self.port = port
+        self.tickets = tickets
+        self.cache = cache
+        self.greeting = bytes(greeting)
+        self.timeout = timeout
+        self.cafile = None
+        self._tmpdir = None
+        self._listener = None
+        self._thread = None
+        self._stop = threading.Event()
+        self._workers = set()
+        self._workers_lock = threading.Lock()
+        self.accepted = 0
+        self.failed_handshakes = 0
+
+        if certfile is None:
+            if keyfile is not None:
+                raise ValueError("keyfile given without certfile")
+            certfile, keyfile = self._make_certificate(key_type)
+        ctx = check(lib.SSL_CTX_new(lib.TLS_server_method()), "SSL_CTX_new")
+        self._ctx = ffi.gc(ctx, lib.SSL_CTX_free)
+        try:
+            self._configure(certfile, keyfile, tls_version(minimum_version),
+                            tls_version(maximum_version))
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _make_certificate(self, key_type):
+        import trustme
+
+        kinds = {"rsa": trustme.KeyType.RSA, "ecdsa": trustme.KeyType.ECDSA}
+        if key_type not in kinds:
+            raise ValueError(f"key_type must be 'rsa' or 'ecdsa', not "
+                             f"{key_type!r}")
+        ca = trustme.CA(key_type=kinds[key_type])
+        cert = ca.issue_cert("localhost", "127.0.0.1", "::1",
+                             key_type=kinds[key_type])
+        self._tmpdir = tempfile.mkdtemp(prefix="tlsresume-server-")
+        self.cafile = os.path.join(self._tmpdir, "ca.pem")
+        certfile = os.path.join(self._tmpdir, "cert.pem")
+        keyfile = os.path.join(self._tmpdir, "key.pem")
+        ca.cert_pem.write_to_path(self.cafile)
+        with open(certfile, "wb") as f:
+            for pem in cert.cert_chain_pems:
+                f.write(pem.bytes())
+        fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(cert.private_key_pem.bytes())
+        return certfile, keyfile
+
+    def _configure(self, certfile, keyfile, minimum, maximum):
+        ctx = self._ctx
+        check(lib.SSL_CTX_use_certificate_chain_file(
+            ctx, os.fsencode(certfile)),
+            f"loading certificate {certfile!r}", ValueError)
+        check(lib.SSL_CTX_use_PrivateKey_file(
+            ctx, os.fsencode(keyfile or certfile), lib.SSL_FILETYPE_PEM),
+            f"loading key {keyfile or certfile!r}", ValueError)
+        check(lib.SSL_CTX_check_private_key(ctx),
+              "key does not match certificate", ValueError)
+        if minimum:
+            check(lib.SSL_CTX_set_min_proto_version(ctx, minimum),
+                  "SSL_CTX_set_min_proto_version")
+        if maximum:
+            check(lib.SSL_CTX_set_max_proto_version(ctx, maximum),
+                  "SSL_CTX_set_max_proto_version")
+        check(lib.SSL_CTX_set_session_id_context(
+            ctx, _SESSION_ID_CONTEXT, len(_SESSION_ID_CONTEXT)),
+            "SSL_CTX_set_session_id_context")
+        lib.SSL_CTX_set_session_cache_mode(
+            ctx, lib.SSL_SESS_CACHE_SERVER if self.cache
+            else lib.SSL_SESS_CACHE_OFF)
+        if not self.tickets:
+            lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
+
+    # Life cycle ---------------------------------------------------------
+
+    def start(self):
+        """Bind, listen and serve in a background thread; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(128)
+            listener.settimeout(0.2)
+        except OSError as exc:
+            listener.close()
+            raise TLSError(f"cannot listen on {self.host}:{self.port}: "
+                           f"{exc.strerror or exc}") from exc
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop,
+                                        name=f"tlsresume-server-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self):
+        """Start if needed and block until :meth:`stop` or Ctrl-C."""
+        if self._thread is None:
+            self.start()
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def stop(self):
+        """Stop accepting, wait for open connections, free everything."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._workers_lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.join(self.timeout + 1)
+        self._cleanup()
+
+    def _cleanup(self):
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ffi.release(ctx)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def write_ca(self, path):
+        """Copy the generated CA certificate to ``path`` for clients."""
+        if self.cafile is None:
+            raise ValueError("the server was given its own certificate; "
+                             "there is no generated CA to write")
+        shutil.copyfile(self.cafile, path)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def sessions_cached(self):
+        """How many sessions the server's own cache holds now."""
+        return lib.SSL_CTX_sess_number(self._ctx) if self._ctx else 0
+
+    # Serving ------------------------------------------------------------
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("accept failed: %s", exc)
+                continue
+            self.accepted += 1
+            worker = threading.Thread(target=self._serve_one, args=(sock,),
+                                      daemon=True)
+            with self._workers_lock:
+                self._workers.add(worker)
+            worker.start()
+
+    def _serve_one(self, sock):
+        try:
+            self._handle(sock)
+        except Exception as exc:  # one bad client never stops the server
+            log.debug("connection failed: %s", exc)
+        finally:
+            sock.close()
+            drain_errors()
+            with self._workers_lock:
+                self._workers.discard(threading.current_thread())
+
+    def _handle(self, sock):
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_timeouts(sock, self.timeout)
+        ssl = check(lib.SSL_new(self._ctx), "SSL_new")
+        done = False
+        try:
+            check(lib.SSL_set_fd(ssl, sock.fileno()), "SSL_set_fd")
+            ret = lib.SSL_accept(ssl)
+            if ret != 1:
+                self.failed_handshakes += 1
+                raise io_error(ssl, ret, "TLS handshake", self.timeout)
+            done = True
+            if self.greeting:
+                ret = lib.SSL_write(ssl, self.greeting, len(self.greeting))
+                if ret <= 0:
+                    raise io_error(ssl, ret, "writing the greeting",
+                                   self.timeout)
+            buf = ffi.new("char[]", 4096)
+            while lib.SSL_read(ssl, buf, 4096) > 0:
+                pass
+            if lib.SSL_get_shutdown(ssl) & lib.SSL_RECEIVED_SHUTDOWN:
+                lib.SSL_shutdown(ssl)
+        finally:
+            if done:
+                # OpenSSL drops a session from the cache when its
+                # connection ends without a clean shutdown; a client that
+                # leaves without close_notify must not cost the session.
+                lib.SSL_set_shutdown(ssl, lib.SSL_SENT_SHUTDOWN
+                                     | lib.SSL_RECEIVED_SHUTDOWN)
+            lib.SSL_free(ssl)
