@@ -1,0 +1,120 @@
+"""Shared fixtures: certificates from trustme and `openssl s_server` peers."""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+import trustme
+
+import tlsresume
+
+
+def pytest_report_header(config):
+    return (f"tlsresume {tlsresume.__version__} on "
+            f"{tlsresume.openssl_version()}")
+
+
+@dataclass
+class CertFiles:
+    ca: trustme.CA
+    cafile: str
+    certfile: str
+    keyfile: str
+
+
+def _write_certs(directory, ca, *names):
+    cert = ca.issue_cert(*names, key_type=trustme.KeyType.RSA)
+    cafile = os.path.join(directory, "ca.pem")
+    certfile = os.path.join(directory, "cert.pem")
+    keyfile = os.path.join(directory, "key.pem")
+    ca.cert_pem.write_to_path(cafile)
+    with open(certfile, "wb") as f:
+        for pem in cert.cert_chain_pems:
+            f.write(pem.bytes())
+    cert.private_key_pem.write_to_path(keyfile)
+    return CertFiles(ca, cafile, certfile, keyfile)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    """A CA and an RSA-2048 certificate for localhost and 127.0.0.1."""
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    return _write_certs(str(tmp_path_factory.mktemp("certs")), ca,
+                        "localhost", "127.0.0.1", "::1")
+
+
+@pytest.fixture(scope="session")
+def other_certs(tmp_path_factory):
+    """Another CA and a certificate for a name that is not localhost."""
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    return _write_certs(str(tmp_path_factory.mktemp("other-certs")), ca,
+                        "not-localhost.example")
+
+
+@dataclass
+class SServer:
+    host: str
+    port: int
+    cafile: str
+    process: subprocess.Popen
+
+
+def _openssl_binary():
+    path = shutil.which("openssl")
+    if path is None:
+        pytest.fail("the openssl command is needed (Debian: apt-get install "
+                    "openssl)")
+    return path
+
+
+@pytest.fixture
+def s_server(certs, tmp_path):
+    """Factory: start `openssl s_server` on a free loopback port.
+
+    ``s_server(tls="1.3", www=True, no_ticket=False, no_cache=False,
+    extra=())`` returns an SServer; every one started is stopped after
+    the test.
+    """
+    started = []
+
+    def start(tls="1.3", www=True, no_ticket=False, no_cache=False,
+              extra=(), cert=None):
+        cert = cert or certs
+        args = [_openssl_binary(), "s_server", "-accept", "127.0.0.1:0",
+                "-cert", cert.certfile, "-key", cert.keyfile,
+                "-tls1_3" if tls == "1.3" else "-tls1_2"]
+        if www:
+            args.append("-www")
+        if no_ticket:
+            args.append("-no_ticket")
+        if no_cache:
+            args.append("-no_cache")
+        args += list(extra)
+        # Output goes to a file: a pipe nobody reads would fill up and
+        # stall the server after enough connections.
+        log = tmp_path / f"s_server-{len(started)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            match = re.search(r"ACCEPT .*:(\d+)", log.read_text("latin-1"))
+            if match:
+                return SServer("127.0.0.1", int(match.group(1)),
+                               cert.cafile, proc)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        pytest.fail(f"openssl s_server did not start: {' '.join(args)}\n"
+                    + log.read_text("latin-1"))
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
