@@ -138,7 +138,7 @@ ffibuilder.set_source(
     library_dirs=library_dirs,
     runtime_library_dirs=runtime_dirs,
     define_macros=[
-        ("TLSRESUME_VERSION_STRING", '"%s"' % _version_string()),
+        ("TLSRESUME_VERSION_STRING", f'"{_version_string()}"'),
     ],
 )
 

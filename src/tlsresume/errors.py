@@ -105,8 +105,8 @@ def describe(entries):
     parts = []
     for code, library, reason, text in entries:
         if library or reason:
-            parts.append(f"{library or 'unknown library'}: "
-                         f"{reason or 'reason %d' % lib.ERR_GET_REASON(code)}")
+            reason = reason or f"reason {lib.ERR_GET_REASON(code)}"
+            parts.append(f"{library or 'unknown library'}: {reason}")
         else:
             parts.append(text)
     return "; ".join(parts)
