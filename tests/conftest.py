@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -118,3 +119,11 @@ def s_server(certs, tmp_path):
         proc.kill()
         proc.wait()
         proc.stdin.close()
+
+
+@pytest.fixture
+def unused_port():
+    """A loopback port with nothing listening on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
