@@ -118,6 +118,11 @@ class Server:
             else lib.SSL_SESS_CACHE_OFF)
         if not self.tickets:
             lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
+        # OpenSSL 3 treats a client that leaves without close_notify as a
+        # fatal error and drops its session from the cache before
+        # SSL_set_shutdown in _handle can save it; read such an EOF as
+        # a plain close instead.  (0, a no-op, on OpenSSL 1.1.1.)
+        lib.SSL_CTX_set_options(ctx, lib.SSL_OP_IGNORE_UNEXPECTED_EOF)
 
     # Life cycle ---------------------------------------------------------
 
