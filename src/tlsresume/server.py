@@ -53,7 +53,7 @@ class Server:
         self._listener = None
         self._thread = None
         self._stop = threading.Event()
-        self._workers = set()
+        self._workers = {}  # thread -> its client socket
         self._workers_lock = threading.Lock()
         self.accepted = 0
         self.failed_handshakes = 0
@@ -166,6 +166,14 @@ class Server:
             self._thread.join()
         with self._workers_lock:
             workers = list(self._workers)
+            # Wake workers blocked reading from an idle client, so stop()
+            # does not wait out their timeouts.  Under the lock: a worker
+            # leaves the map before it closes its socket.
+            for sock in self._workers.values():
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         for worker in workers:
             worker.join(self.timeout + 1)
         self._cleanup()
@@ -216,7 +224,7 @@ class Server:
             worker = threading.Thread(target=self._serve_one, args=(sock,),
                                       daemon=True)
             with self._workers_lock:
-                self._workers.add(worker)
+                self._workers[worker] = sock
             worker.start()
 
     def _serve_one(self, sock):
@@ -225,10 +233,10 @@ class Server:
         except Exception as exc:  # one bad client never stops the server
             log.debug("connection failed: %s", exc)
         finally:
+            with self._workers_lock:
+                self._workers.pop(threading.current_thread(), None)
             sock.close()
             drain_errors()
-            with self._workers_lock:
-                self._workers.discard(threading.current_thread())
 
     def _handle(self, sock):
         sock.setblocking(True)
