@@ -149,6 +149,14 @@ class Session:
     def __exit__(self, *exc):
         self.close()
 
+    def __reduce_ex__(self, protocol):
+        # copy.copy would otherwise give a second handle on the same
+        # reference: closing one leaves the other pointing at freed memory.
+        raise TypeError(
+            "a Session owns an OpenSSL reference and cannot be copied or "
+            "pickled; serialise it with to_der()"
+        )
+
     def _get(self, fn, *args):
         # Every read of the pointer happens under the handle's lock, so a
         # close() in another thread cannot free it in the middle.
