@@ -7,7 +7,14 @@ import os
 
 from ._binding import SSL_EX_INDEX, ffi, lib
 from ._io import io_error, open_socket, set_timeouts
-from .errors import OpenSSLError, SessionError, TLSError, check, drain_errors
+from .errors import (
+    OpenSSLError,
+    SessionError,
+    TLSError,
+    ZeroReturnError,
+    check,
+    drain_errors,
+)
 from .peerkey import PeerKey
 from .session import Session
 
@@ -359,7 +366,7 @@ class Connection:
             return ffi.buffer(buf, ret)[:]
         err = io_error(self._ssl, ret, f"reading from {self.host}:"
                        f"{self.port}", self.timeout)
-        if lib.SSL_get_error(self._ssl, ret) == lib.SSL_ERROR_ZERO_RETURN:
+        if isinstance(err, ZeroReturnError):
             return b""
         raise err
 
