@@ -192,9 +192,13 @@ class Session:
             if self._ptr is None:
                 raise SessionError("session handle is closed")
             lib.SSL_SESSION_up_ref(self._ptr)
-            ctx = self._ctx
-            dup = Session._wrap(self._ptr, self._scope,
-                                ctx if ctx is not None else None)
+            # Plain pointers, not our ffi.gc objects: wrapping those again
+            # would keep this handle's reference alive as long as the dup
+            # (a chain of unfreed sessions in a resumption loop).
+            ptr = ffi.cast("SSL_SESSION *", self._ptr)
+            ctx = (ffi.cast("SSL_CTX *", self._ctx)
+                   if self._ctx is not None else None)
+            dup = Session._wrap(ptr, self._scope, ctx)
         return dup
 
     def to_der(self):
