@@ -74,8 +74,6 @@ def _locate():
                 if candidate not in ("/usr", "/usr/local"):
                     lib = lib or os.path.join(candidate, "lib")
                 break
-        else:
-            include = _multiarch_include()
 
     if include is None or not os.path.exists(
         os.path.join(include, "openssl", "ssl.h")
@@ -90,20 +88,12 @@ def _locate():
     return include_dirs, library_dirs, runtime_dirs
 
 
-def _multiarch_include():
-    # Debian keeps opensslconf.h under /usr/include/<triplet>/ but ssl.h
-    # in /usr/include, which the loop above already checks; nothing else
-    # to try here.
-    return None
-
-
 def _check_version(include):
-    paths = [os.path.join(include, "openssl", "opensslv.h")]
+    path = os.path.join(include, "openssl", "opensslv.h")
     text = ""
-    for path in paths:
-        if os.path.exists(path):
-            with open(path, encoding="latin-1") as f:
-                text = f.read()
+    if os.path.exists(path):
+        with open(path, encoding="latin-1") as f:
+            text = f.read()
     number = None
     major = re.search(r"#\s*define\s+OPENSSL_VERSION_MAJOR\s+(\d+)", text)
     if major:
