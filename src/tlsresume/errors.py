@@ -27,6 +27,10 @@ class OpenSSLError(TLSError):
     """An OpenSSL call failed outside of reading or writing a connection."""
 
 
+class ConfigurationError(OpenSSLError, ValueError):
+    """OpenSSL refused a setting or file (a CA, certificate or key)."""
+
+
 class WantReadError(TLSError):
     """The operation needs more data from the peer (SSL_ERROR_WANT_READ)."""
 
@@ -113,7 +117,14 @@ def describe(entries):
 
 
 def raise_openssl(what, cls=OpenSSLError):
-    """Drain the error queue and raise ``cls`` naming ``what`` failed."""
+    """Drain the error queue and raise ``cls`` naming ``what`` failed.
+
+    ``cls=ValueError`` (bad settings or files) raises
+    :class:`ConfigurationError`, which is both a ValueError and a
+    :class:`TLSError` carrying the queue.
+    """
+    if cls is ValueError:
+        cls = ConfigurationError
     entries = drain_errors()
     detail = describe(entries)
     message = f"{what} failed" + (f": {detail}" if detail else "")
