@@ -1,0 +1,1292 @@
+"""``tlsresume bench``: connections per second, full and resumed.
+
+Five clients do the same work per connection: TCP connect (TCP_NODELAY),
+the handshake (offering the saved session in resumed mode), one small
+request, one read of the first bytes of the answer (so TLS 1.3 tickets
+are processed), close_notify (``SSL_shutdown`` once) and close.
+
+``tlsresume``
+    :class:`~tlsresume.ClientContext` with a
+    :class:`~tlsresume.SessionCache` (resumed mode) or without one (full).
+``tlsresume-lowlevel``
+    the loop of :mod:`tlsresume.example` on ``lib`` with a saved
+    :class:`~tlsresume.Session` per thread.
+``stdlib``
+    the ``ssl`` module, ``wrap_socket(session=...)``.
+``pyopenssl``
+    pyOpenSSL, ``Connection.set_session``.  It runs on the OpenSSL that
+    its ``cryptography`` wheel bundles, not on the system's.
+``c-reference``
+    ``csrc/c_reference_client.c``, the classic C example with the TLS 1.3
+    fix, compiled here with the system compiler.
+
+The servers: ``openssl s_server -www`` (single-threaded) and
+tlsresume's own :class:`~tlsresume.Server` (in a child process), both on
+a free loopback port with an RSA-2048 certificate from trustme.  Each
+round runs every case once per client, the client order rotating from
+round to round, so drift hits every client alike; the figures are
+medians over rounds, with min and max.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import ssl as stdlib_ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ._binding import ffi, lib, openssl_version
+from ._io import io_error, open_socket
+from .client import ClientContext, tls_version
+from .errors import check
+from .session import Session
+
+CLIENTS = ("tlsresume", "tlsresume-lowlevel", "stdlib", "pyopenssl",
+           "c-reference")
+SERVERS = ("s_server", "tlsresume-server")
+REQUEST = b"GET / HTTP/1.0\r\n\r\n"
+READ_SIZE = 16
+SERVER_NAME = "localhost"
+HOST = "127.0.0.1"
+C_SOURCE_NAME = "c_reference_client.c"
+
+# (rounds, seconds per measurement)
+FULL_SETTINGS = (5, 1.0)
+QUICK_SETTINGS = (3, 0.15)
+
+
+class BenchError(Exception):
+    """The bench cannot run as asked; the message says why."""
+
+
+# Certificates and servers ----------------------------------------------
+
+@dataclass
+class Certificates:
+    cafile: str
+    certfile: str
+    keyfile: str
+
+
+def make_certificates(directory):
+    """A trustme CA and an RSA-2048 certificate for localhost/127.0.0.1."""
+    import trustme
+
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert(SERVER_NAME, HOST, key_type=trustme.KeyType.RSA)
+    files = Certificates(os.path.join(directory, "ca.pem"),
+                         os.path.join(directory, "cert.pem"),
+                         os.path.join(directory, "key.pem"))
+    ca.cert_pem.write_to_path(files.cafile)
+    with open(files.certfile, "wb") as f:
+        for pem in cert.cert_chain_pems:
+            f.write(pem.bytes())
+    cert.private_key_pem.write_to_path(files.keyfile)
+    return files
+
+
+class OpenSSLServer:
+    """``openssl s_server -www`` on a free loopback port.
+
+    s_server serves one connection at a time, on one core.
+    """
+
+    name = "s_server"
+
+    def __init__(self, certs, directory):
+        self.certs = certs
+        self.directory = directory
+        self.host = HOST
+        self.port = None
+        self.version = None
+        self._proc = None
+
+    def start(self):
+        exe = shutil.which("openssl")
+        if exe is None:
+            raise BenchError("the openssl command is needed for s_server "
+                             "(Debian: apt-get install openssl)")
+        self.version = subprocess.run(
+            [exe, "version"], capture_output=True, text=True,
+            check=False).stdout.strip()
+        args = [exe, "s_server", "-accept", f"{HOST}:0",
+                "-cert", self.certs.certfile, "-key", self.certs.keyfile,
+                "-www"]
+        log_path = os.path.join(self.directory, "s_server.log")
+        # A file, not a pipe: a pipe nobody reads would stall the server.
+        with open(log_path, "wb") as log:
+            self._proc = subprocess.Popen(args, stdin=subprocess.PIPE,
+                                          stdout=log,
+                                          stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(log_path, "rb") as f:
+                text = f.read().decode("latin-1")
+            match = re.search(r"ACCEPT .*:(\d+)", text)
+            if match:
+                self.port = int(match.group(1))
+                return self
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise BenchError(f"openssl s_server did not start: {text.strip()}")
+
+    def stop(self):
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            proc.stdin.close()
+
+
+class TlsresumeServer:
+    """tlsresume's :class:`~tlsresume.Server`, in a child process.
+
+    A child process keeps the server's threads off the bench's GIL, so
+    the Python clients compete with it for cores, not for the GIL.
+    """
+
+    name = "tlsresume-server"
+
+    def __init__(self, certs, directory):
+        self.certs = certs
+        self.directory = directory
+        self.host = HOST
+        self.port = None
+        self.version = f"tlsresume on {openssl_version()}"
+        self._proc = None
+
+    def start(self):
+        code = ("import sys; from tlsresume.bench import _serve_child; "
+                "_serve_child(sys.argv[1:])")
+        log_path = os.path.join(self.directory, "tlsresume-server.log")
+        with open(log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, self.certs.certfile,
+                 self.certs.keyfile], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=log)
+        line = self._proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                detail = f.read().strip()
+            raise BenchError(f"tlsresume's server did not start: {detail}")
+        self.port = int(line)
+        return self
+
+    def stop(self):
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.stdin.close()  # the child stops on end of input
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def _serve_child(argv):
+    """Run a Server until standard input closes; print its port first."""
+    from .server import Server
+
+    certfile, keyfile = argv
+    with Server(HOST, 0, certfile=certfile, keyfile=keyfile) as server:
+        print(server.port, flush=True)
+        sys.stdin.read()
+
+
+# Clients ----------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """One measurement: connections made in ``seconds``, and how many
+    of them resumed."""
+
+    connections: int
+    seconds: float
+    reused: int
+
+    @property
+    def rate(self):
+        return self.connections / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    cafile: str
+    server_name: str = SERVER_NAME
+
+
+def _drive(make_worker, threads, duration):
+    """Run ``threads`` workers for ``duration`` seconds; return a Sample.
+
+    ``make_worker()`` is called in each thread and returns a function
+    that makes one connection and returns whether it resumed.  Each
+    thread makes one untimed connection first (it gives resumed mode its
+    first session); then all start together, and each starts
+    connections until its deadline has passed.
+    """
+    barrier = threading.Barrier(threads)
+    results = [None] * threads
+    errors = []
+
+    def body(index):
+        try:
+            one = make_worker()
+            one()
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+            return
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        count = reused = 0
+        clock = time.perf_counter
+        start = clock()
+        deadline = start + duration
+        try:
+            while clock() < deadline:
+                reused += one()
+                count += 1
+        except BaseException as exc:
+            errors.append(exc)
+        results[index] = (count, reused, start, clock())
+
+    workers = [threading.Thread(target=body, args=(i,), daemon=True)
+               for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return Sample(sum(r[0] for r in results),
+                  max(r[3] for r in results) - min(r[2] for r in results),
+                  sum(r[1] for r in results))
+
+
+class PythonClient:
+    """Base of the in-process clients."""
+
+    name = None
+
+    def unavailable(self):
+        """Why this client cannot run here, or None."""
+        return None
+
+    def openssl_version(self):
+        return openssl_version()
+
+    def measure(self, target, tls, mode, threads, duration):
+        setup = self.setup(target, tls, mode == "resumed")
+        try:
+            return _drive(setup.worker, threads, duration)
+        finally:
+            setup.close()
+
+
+def _session_cache_class():
+    try:
+        from .cache import SessionCache
+    except ImportError as exc:
+        raise BenchError(
+            "the tlsresume client needs tlsresume.SessionCache "
+            f"(tlsresume.cache), which cannot be imported: {exc}") from None
+    return SessionCache
+
+
+class TlsresumeClient(PythonClient):
+    """ClientContext with a SessionCache: the way the library is used."""
+
+    name = "tlsresume"
+
+    def unavailable(self):
+        try:
+            _session_cache_class()
+        except BenchError as exc:
+            return str(exc)
+        return None
+
+    def setup(self, target, tls, resumed):
+        cache = _session_cache_class()(1024, None, 4) if resumed else None
+        return _TlsresumeSetup(target, tls, cache)
+
+
+class _TlsresumeSetup:
+    def __init__(self, target, tls, cache):
+        self.target = target
+        self.context = ClientContext(cafile=target.cafile,
+                                     minimum_version=tls,
+                                     maximum_version=tls, cache=cache)
+
+    def worker(self):
+        connect = self.context.connect
+        host, port = self.target.host, self.target.port
+        name = self.target.server_name
+
+        def one():
+            with connect(host, port, server_hostname=name) as conn:
+                reused = conn.session_reused
+                conn.write(REQUEST)
+                if not conn.read(READ_SIZE):
+                    raise BenchError("the server sent nothing")
+            return reused
+        return one
+
+    def close(self):
+        cache = self.context.cache
+        if cache is not None:
+            cache.clear()
+        self.context.close()
+
+
+class LowLevelClient(PythonClient):
+    """The example's loop on ``lib``: one SSL_CTX, a saved Session."""
+
+    name = "tlsresume-lowlevel"
+
+    def setup(self, target, tls, resumed):
+        return _LowLevelSetup(target, tls, resumed)
+
+
+class _LowLevelSetup:
+    def __init__(self, target, tls, resumed):
+        self.target = target
+        self.resumed = resumed
+        self._local = threading.local()
+        self._states = []
+        self._states_lock = threading.Lock()
+        ctx = check(lib.SSL_CTX_new(lib.TLS_client_method()), "SSL_CTX_new")
+        self._ctx = ffi.gc(ctx, lib.SSL_CTX_free)
+        version = tls_version(tls)
+        check(lib.SSL_CTX_set_min_proto_version(ctx, version),
+              "SSL_CTX_set_min_proto_version")
+        check(lib.SSL_CTX_set_max_proto_version(ctx, version),
+              "SSL_CTX_set_max_proto_version")
+        lib.SSL_CTX_set_verify(ctx, lib.SSL_VERIFY_PEER, ffi.NULL)
+        check(lib.SSL_CTX_load_verify_locations(
+            ctx, os.fsencode(target.cafile), ffi.NULL),
+            "SSL_CTX_load_verify_locations")
+        # The TLS 1.3 fix, as in tlsresume.example: sessions come from the
+        # new-session callback, which also sees tickets sent after the
+        # handshake.
+        lib.SSL_CTX_set_session_cache_mode(
+            ctx, lib.SSL_SESS_CACHE_CLIENT
+            | lib.SSL_SESS_CACHE_NO_INTERNAL_STORE)
+        self._callback = ffi.callback("int(SSL *, SSL_SESSION *)",
+                                      self._new_session)
+        lib.SSL_CTX_sess_set_new_cb(ctx, self._callback)
+
+    def _new_session(self, ssl, session):
+        state = getattr(self._local, "state", None)
+        if state is None or not self.resumed:
+            return 0  # OpenSSL keeps its reference
+        handle = Session.adopt(ssl, session)  # ours now: return 1
+        if handle.is_resumable:
+            if state["saved"] is not None:
+                state["saved"].close()
+            state["saved"] = handle
+        else:
+            handle.close()
+        return 1
+
+    def worker(self):
+        state = {"saved": None}
+        self._local.state = state
+        with self._states_lock:
+            self._states.append(state)
+        ctx = self._ctx
+        host, port = self.target.host, self.target.port
+        name = self.target.server_name.encode("ascii")
+        buf = ffi.new("char[]", READ_SIZE)
+        timeout = 10.0
+
+        def one():
+            sock = open_socket(host, port, timeout)
+            ssl = lib.SSL_new(ctx)
+            try:
+                check(ssl, "SSL_new")
+                lib.SSL_set_fd(ssl, sock.fileno())
+                lib.SSL_set_tlsext_host_name(ssl, name)
+                lib.SSL_set1_host(ssl, name)
+                if state["saved"] is not None:
+                    state["saved"].set_on(ssl)
+                ret = lib.SSL_connect(ssl)
+                if ret != 1:
+                    raise io_error(ssl, ret, "TLS handshake", timeout)
+                reused = lib.SSL_session_reused(ssl)
+                ret = lib.SSL_write(ssl, REQUEST, len(REQUEST))
+                if ret <= 0:
+                    raise io_error(ssl, ret, "writing", timeout)
+                ret = lib.SSL_read(ssl, buf, READ_SIZE)
+                if ret <= 0:
+                    raise io_error(ssl, ret, "reading", timeout)
+                lib.SSL_shutdown(ssl)
+                lib.ERR_clear_error()
+            finally:
+                if ssl != ffi.NULL:
+                    lib.SSL_free(ssl)
+                sock.close()
+            return reused
+        return one
+
+    def close(self):
+        for state in self._states:
+            if state["saved"] is not None:
+                state["saved"].close()
+        ffi.release(self._ctx)
+
+
+class StdlibClient(PythonClient):
+    """The ``ssl`` module: ``wrap_socket(session=...)``."""
+
+    name = "stdlib"
+
+    def openssl_version(self):
+        return stdlib_ssl.OPENSSL_VERSION
+
+    def setup(self, target, tls, resumed):
+        return _StdlibSetup(target, tls, resumed)
+
+
+_STDLIB_VERSIONS = {"1.2": stdlib_ssl.TLSVersion.TLSv1_2,
+                    "1.3": stdlib_ssl.TLSVersion.TLSv1_3}
+
+
+class _StdlibSetup:
+    def __init__(self, target, tls, resumed):
+        self.target = target
+        self.resumed = resumed
+        ctx = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ctx.maximum_version = _STDLIB_VERSIONS[tls]
+        ctx.load_verify_locations(target.cafile)  # verifies host names too
+        self.context = ctx
+
+    def worker(self):
+        wrap = self.context.wrap_socket
+        address = (self.target.host, self.target.port)
+        name = self.target.server_name
+        resumed = self.resumed
+        saved = None
+
+        def one():
+            nonlocal saved
+            sock = socket.create_connection(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn = wrap(sock, server_hostname=name, session=saved)
+            except BaseException:
+                sock.close()
+                raise
+            with conn:
+                reused = conn.session_reused
+                conn.sendall(REQUEST)
+                if not conn.recv(READ_SIZE):
+                    raise BenchError("the server sent nothing")
+                if resumed:
+                    saved = conn.session
+                # unwrap() sends close_notify, then reads for the peer's;
+                # on a non-blocking socket that read is tried once, and
+                # fails (want read, or the rest of the answer) once
+                # close_notify is sent.
+                conn.setblocking(False)
+                try:
+                    conn.unwrap()
+                except stdlib_ssl.SSLError:
+                    pass
+            return reused
+        return one
+
+    def close(self):
+        pass
+
+
+class PyOpenSSLClient(PythonClient):
+    """pyOpenSSL: ``Connection.set_session``."""
+
+    name = "pyopenssl"
+
+    def unavailable(self):
+        try:
+            import OpenSSL.SSL  # noqa: F401
+        except ImportError:
+            return ("pyOpenSSL is not installed (pip install "
+                    "'tlsresume[bench]')")
+        return None
+
+    def openssl_version(self):
+        from OpenSSL import SSL
+
+        text = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+        return f"{text} (bundled with the cryptography wheel)"
+
+    def setup(self, target, tls, resumed):
+        return _PyOpenSSLSetup(target, tls, resumed)
+
+
+class _PyOpenSSLSetup:
+    def __init__(self, target, tls, resumed):
+        from OpenSSL import SSL
+
+        self.target = target
+        self.resumed = resumed
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        version = (SSL.TLS1_2_VERSION if tls == "1.2"
+                   else SSL.TLS1_3_VERSION)
+        ctx.set_min_proto_version(version)
+        ctx.set_max_proto_version(version)
+        ctx.load_verify_locations(target.cafile)
+        ctx.set_verify(SSL.VERIFY_PEER)
+        self.context = ctx
+
+    def worker(self):
+        from OpenSSL import SSL
+        # pyOpenSSL has no call for host name checking or for
+        # SSL_session_reused; its own binding (cryptography's) has both.
+        from OpenSSL._util import lib as plib
+
+        ctx = self.context
+        address = (self.target.host, self.target.port)
+        name = self.target.server_name.encode("ascii")
+        resumed = self.resumed
+        saved = None
+
+        def one():
+            nonlocal saved
+            sock = socket.create_connection(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn = SSL.Connection(ctx, sock)
+                conn.set_tlsext_host_name(name)
+                plib.X509_VERIFY_PARAM_set1_host(
+                    plib.SSL_get0_param(conn._ssl), name, len(name))
+                if saved is not None:
+                    conn.set_session(saved)
+                conn.set_connect_state()
+                conn.do_handshake()
+                reused = plib.SSL_session_reused(conn._ssl)
+                conn.sendall(REQUEST)
+                if not conn.recv(READ_SIZE):
+                    raise BenchError("the server sent nothing")
+                if resumed:
+                    saved = conn.get_session()
+                conn.shutdown()
+            finally:
+                sock.close()
+            return reused
+        return one
+
+    def close(self):
+        pass
+
+
+def find_compiler():
+    """The C compiler to use ($CC or cc), or None."""
+    cc = os.environ.get("CC", "cc")
+    return shutil.which(cc.split()[0]) and cc
+
+
+def default_c_source():
+    """csrc/c_reference_client.c in the source tree, if it is there."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, os.pardir, os.pardir, "csrc", C_SOURCE_NAME)
+    return os.path.normpath(path)
+
+
+def compile_c_client(source, directory):
+    """Compile the C reference client; return the executable's path."""
+    if not os.path.exists(source):
+        raise BenchError(
+            f"the C reference client's source {source} is missing (it "
+            "ships in the source tree's csrc/); pass --c-source, or leave "
+            "it out with --clients")
+    cc = find_compiler()
+    if not cc:
+        raise BenchError(
+            "no C compiler found for the c-reference client (looked for "
+            f"{os.environ.get('CC', 'cc')!r}); install one (Debian: "
+            "apt-get install gcc libssl-dev) or set CC, or leave it out "
+            "with --clients")
+    exe = os.path.join(directory, "c_reference_client")
+    cmd = cc.split() + ["-O2", "-pthread", source, "-o", exe]
+    prefix = os.environ.get("TLSRESUME_OPENSSL_DIR")
+    if prefix:
+        libdir = os.path.join(prefix, "lib")
+        cmd += [f"-I{os.path.join(prefix, 'include')}", f"-L{libdir}",
+                f"-Wl,-rpath,{libdir}"]
+    cmd += ["-lssl", "-lcrypto"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError("compiling the C reference client failed:\n"
+                         + " ".join(cmd) + "\n" + done.stderr.strip())
+    return exe
+
+
+class CReferenceClient:
+    """csrc/c_reference_client.c, compiled on first use."""
+
+    name = "c-reference"
+
+    def __init__(self, source=None, directory=None):
+        self.source = source or default_c_source()
+        self.directory = directory
+        self.exe = None
+        self._version = None
+
+    def unavailable(self):
+        try:
+            self._build()
+        except BenchError as exc:
+            return str(exc)
+        return None
+
+    def _build(self):
+        if self.exe is None:
+            if self.directory is None:
+                self.directory = tempfile.mkdtemp(prefix="tlsresume-bench-")
+            self.exe = compile_c_client(self.source, self.directory)
+        return self.exe
+
+    def openssl_version(self):
+        return self._version or "unknown (not run yet)"
+
+    def command(self, target, tls, mode, threads, duration):
+        return [self._build(), "--host", target.host,
+                "--port", str(target.port),
+                "--servername", target.server_name, "--tls", tls,
+                "--cafile", target.cafile, "--mode", mode,
+                "--duration", f"{duration:g}", "--threads", str(threads)]
+
+    def measure(self, target, tls, mode, threads, duration):
+        cmd = self.command(target, tls, mode, threads, duration)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=duration + 60, check=False)
+        except subprocess.TimeoutExpired:
+            raise BenchError("the C reference client hung") from None
+        if done.returncode != 0:
+            raise BenchError("the C reference client failed: "
+                             + done.stderr.strip())
+        result = json.loads(done.stdout)
+        self._version = result["openssl"]
+        return Sample(result["connections"], result["seconds"],
+                      result["reused"])
+
+
+def make_client(name, c_source=None, directory=None):
+    if name == "c-reference":
+        return CReferenceClient(c_source, directory)
+    return {"tlsresume": TlsresumeClient,
+            "tlsresume-lowlevel": LowLevelClient,
+            "stdlib": StdlibClient,
+            "pyopenssl": PyOpenSSLClient}[name]()
+
+
+# The plan, the rounds, the results ----------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    server: str
+    tls: str
+    mode: str
+    threads: int
+
+    def label(self):
+        return (f"{self.server} TLS {self.tls} {self.mode} "
+                f"{self.threads} thread{'s' if self.threads > 1 else ''}")
+
+
+def plan(servers, tls_versions, modes, threads):
+    """The cases of one round: the matrix on one thread, then scaling.
+
+    Thread scaling (more than one client thread) runs resumed, against
+    s_server, as the targets ask.
+    """
+    cases = [Case(server, tls, mode, 1)
+             for server in servers for tls in tls_versions
+             for mode in modes]
+    if "s_server" in servers and "resumed" in modes:
+        cases += [Case("s_server", tls, "resumed", n)
+                  for n in threads if n > 1 for tls in tls_versions]
+    return cases
+
+
+@dataclass
+class Result:
+    client: str
+    case: Case
+    samples: list = field(default_factory=list)
+    error: str = None
+
+    @property
+    def rates(self):
+        return [s.rate for s in self.samples]
+
+    @property
+    def median(self):
+        return statistics.median(self.rates) if self.samples else None
+
+    @property
+    def reused_fraction(self):
+        total = sum(s.connections for s in self.samples)
+        if not total:
+            return None
+        return sum(s.reused for s in self.samples) / total
+
+    @property
+    def resumed_as_asked(self):
+        """Did every connection do what the mode asks (resume or not)?"""
+        fraction = self.reused_fraction
+        if fraction is None:
+            return None
+        return fraction == (1.0 if self.case.mode == "resumed" else 0.0)
+
+    def row(self, openssl):
+        rates = self.rates
+        return {
+            "client": self.client,
+            "server": self.case.server,
+            "tls": self.case.tls,
+            "mode": self.case.mode,
+            "threads": self.case.threads,
+            "conn_per_s": ({"median": round(self.median, 1),
+                            "min": round(min(rates), 1),
+                            "max": round(max(rates), 1)}
+                           if rates else None),
+            "rounds": len(rates),
+            "connections": sum(s.connections for s in self.samples),
+            "reused_fraction": (None if self.reused_fraction is None
+                                else round(self.reused_fraction, 4)),
+            "resumed_as_asked": self.resumed_as_asked,
+            "openssl": openssl,
+            "error": self.error,
+        }
+
+
+def run_rounds(clients, servers, cases, rounds, duration, progress=None):
+    """Measure every case with every client, ``rounds`` times.
+
+    ``clients`` maps names to client objects, ``servers`` names to
+    started servers.  Returns {(client, case): Result}.  A client that
+    fails in a case is recorded with its error and skipped for that case
+    in later rounds.
+    """
+    results = {(name, case): Result(name, case)
+               for case in cases for name in clients}
+    names = list(clients)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        order = names[shift:] + names[:shift]
+        for case in cases:
+            server = servers[case.server]
+            target = Target(server.host, server.port, server.certs.cafile)
+            for name in order:
+                result = results[(name, case)]
+                if progress is not None:
+                    progress(f"round {round_index + 1}/{rounds}: {name}, "
+                             f"{case.label()}")
+                if result.error is None:
+                    try:
+                        result.samples.append(clients[name].measure(
+                            target, case.tls, case.mode, case.threads,
+                            duration))
+                    except Exception as exc:
+                        result.error = (f"{type(exc).__name__}: {exc}"
+                                        .strip())
+                if progress is not None:
+                    progress(None)
+    return results
+
+
+def _median(results, client, server, tls, mode, threads):
+    result = results.get((client, Case(server, tls, mode, threads)))
+    if result is None or result.error or not result.samples:
+        return None
+    if mode == "resumed" and result.reused_fraction != 1.0:
+        return None  # a client that did not resume has no resumed figure
+    return result.median
+
+
+def ratios(results, cases):
+    """Ratios of medians: tlsresume over the others; resumed over full."""
+    rows = []
+    groups = sorted({(c.server, c.tls, c.threads) for c in cases},
+                    key=lambda g: (g[0], g[1], g[2]))
+    for server, tls, threads in groups:
+        mine = _median(results, "tlsresume", server, tls, "resumed", threads)
+        for other in ("c-reference", "pyopenssl", "stdlib"):
+            theirs = _median(results, other, server, tls, "resumed", threads)
+            rows.append({
+                "what": f"tlsresume / {other}", "server": server,
+                "tls": tls, "mode": "resumed", "threads": threads,
+                "ratio": (round(mine / theirs, 3)
+                          if mine and theirs else None)})
+    clients = sorted({name for name, _ in results}, key=CLIENTS.index)
+    for server, tls, threads in groups:
+        if threads != 1:
+            continue
+        for name in clients:
+            resumed = _median(results, name, server, tls, "resumed", 1)
+            full = _median(results, name, server, tls, "full", 1)
+            rows.append({
+                "what": f"{name} resumed / full", "server": server,
+                "tls": tls, "mode": None, "threads": 1,
+                "ratio": (round(resumed / full, 3)
+                          if resumed and full else None)})
+    return rows
+
+
+def targets(results, threads):
+    """The issue's targets, each with its measured ratio and verdict."""
+    checks = []
+
+    def add(text, num, den, floor):
+        value = num / den if num and den else None
+        checks.append({"target": text, "threshold": floor,
+                       "ratio": None if value is None else round(value, 3),
+                       "met": None if value is None else value >= floor})
+
+    for tls in ("1.2", "1.3"):
+        add(f"TLS {tls} resumed: tlsresume >= 0.9 x c-reference",
+            _median(results, "tlsresume", "s_server", tls, "resumed", 1),
+            _median(results, "c-reference", "s_server", tls, "resumed", 1),
+            0.9)
+    mine = _median(results, "tlsresume", "s_server", "1.2", "resumed", 1)
+    add("TLS 1.2 resumed: tlsresume >= 1.3 x pyopenssl", mine,
+        _median(results, "pyopenssl", "s_server", "1.2", "resumed", 1), 1.3)
+    add("TLS 1.2 resumed: tlsresume >= 2 x stdlib", mine,
+        _median(results, "stdlib", "s_server", "1.2", "resumed", 1), 2.0)
+    add("TLS 1.2 tlsresume: resumed >= 4 x full (RSA-2048)", mine,
+        _median(results, "tlsresume", "s_server", "1.2", "full", 1), 4.0)
+    for n in threads:
+        if n == 1:
+            continue
+        for tls in ("1.2", "1.3"):
+            add(f"TLS {tls} resumed, {n} threads: tlsresume >= 0.9 x "
+                "c-reference", _median(results, "tlsresume", "s_server",
+                                       tls, "resumed", n),
+                _median(results, "c-reference", "s_server", tls,
+                        "resumed", n), 0.9)
+    return checks
+
+
+def cache_benchmark(threads=(1, 2, 8)):
+    """Rows from tlsresume.cachebench.measure, or an error text."""
+    try:
+        from . import cachebench
+    except ImportError as exc:
+        return None, ("cache micro-benchmarks unavailable: "
+                      f"tlsresume.cachebench cannot be imported ({exc})")
+    try:
+        return list(cachebench.measure(threads=tuple(threads))), None
+    except Exception as exc:
+        return None, f"cache micro-benchmarks failed: {exc}"
+
+
+def machine():
+    """What the figures were measured on."""
+    model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model or platform.processor(),
+            "system": platform.platform(),
+            "python": platform.python_version()}
+
+
+# Output ------------------------------------------------------------------
+
+def _fmt_rate(result):
+    if result is None:
+        return "-"
+    if result.error:
+        return "failed"
+    if not result.samples:
+        return "-"
+    rates = result.rates
+    text = f"{result.median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+    if result.case.mode == "resumed" and result.reused_fraction != 1.0:
+        text += f" NOT RESUMED ({result.reused_fraction:.0%} reused)"
+    elif result.case.mode == "full" and result.reused_fraction != 0.0:
+        text += f" ({result.reused_fraction:.0%} reused)"
+    return text
+
+
+def _tables(report, results, cases, clients):
+    """Yield (title, header, rows) for every table of the report."""
+    header = ["server", "TLS", "mode", "thr"] + list(clients)
+    rows = []
+    for case in cases:
+        rows.append([case.server, case.tls, case.mode, str(case.threads)]
+                    + [_fmt_rate(results.get((name, case)))
+                       for name in clients])
+    yield ("Connections per second: median (min-max) over "
+           f"{report['settings']['rounds']} rounds", header, rows)
+
+    rows = [[r["what"], r["server"], r["tls"], str(r["threads"]),
+             f"{r['ratio']:.2f}"]
+            for r in report["ratios"] if r["ratio"] is not None]
+    yield "Ratios of medians", ["ratio", "server", "TLS", "thr", "value"], \
+        rows
+
+    rows = [[t["target"], "-" if t["ratio"] is None else f"{t['ratio']:.2f}",
+             {True: "met", False: "MISSED", None: "not measured"}[t["met"]]]
+            for t in report["targets"]]
+    yield "Targets (s_server, RSA-2048)", ["target", "ratio", "verdict"], rows
+
+    if report["cache"]:
+        rows = [[str(r.get("threads")), f"{r.get('ns_per_op', 0):,.0f}",
+                 f"{r.get('bytes_per_session', 0):,.0f}"]
+                for r in report["cache"]]
+        yield ("SessionCache take+put", ["threads", "ns/op",
+                                         "bytes/session"], rows)
+
+    rows = [[name, version] for name, version in report["openssl"].items()]
+    yield "OpenSSL per client", ["client", "OpenSSL"], rows
+
+
+def print_report(report, results, cases, clients, console=None):
+    tables = list(_tables(report, results, cases, clients))
+    notes = report["notes"]
+    if console is not None:
+        from rich.table import Table
+
+        for title, header, rows in tables:
+            table = Table(title=title, title_justify="left")
+            for i, name in enumerate(header):
+                table.add_column(name, justify="left" if i == 0 or
+                                 not rows or not _numeric(rows[0][i])
+                                 else "right")
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
+        for note in notes:
+            console.print(f"note: {note}")
+        return
+    for title, header, rows in tables:
+        widths = [max(len(str(x)) for x in col)
+                  for col in zip(header, *rows)]
+        print(f"\n{title}")
+        for row in [header] + rows:
+            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+    for note in notes:
+        print(f"note: {note}")
+
+
+def _numeric(text):
+    return bool(re.match(r"^[\d,.]+( |$)", text))
+
+
+def plot(report, path):
+    """Bar charts of the medians, with min-max error bars."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise BenchError("--plot needs matplotlib: pip install "
+                         "'tlsresume[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["conn_per_s"]]
+    clients = [c for c in CLIENTS if any(r["client"] == c for r in rows)]
+    panels = []
+    for server in SERVERS:
+        groups = [(tls, mode) for tls in ("1.2", "1.3")
+                  for mode in ("full", "resumed")
+                  if any(r["server"] == server and r["tls"] == tls
+                         and r["mode"] == mode and r["threads"] == 1
+                         for r in rows)]
+        if groups:
+            panels.append((f"{server}, 1 client thread",
+                           [(f"TLS {t} {m}", server, t, m, 1)
+                            for t, m in groups]))
+    scaling = sorted({(r["tls"], r["threads"]) for r in rows
+                      if r["server"] == "s_server" and r["mode"] == "resumed"
+                      and any(x["threads"] > 1 for x in rows)})
+    if scaling:
+        panels.append(("s_server, resumed, by client threads",
+                       [(f"TLS {t}, {n} thr", "s_server", t, "resumed", n)
+                        for t, n in scaling]))
+    if not panels:
+        raise BenchError("nothing to plot")
+
+    fig, axes = plt.subplots(len(panels), 1,
+                             figsize=(11, 3.6 * len(panels)), squeeze=False)
+    width = 0.8 / max(len(clients), 1)
+    for ax, (title, groups) in zip(axes[:, 0], panels):
+        for i, client in enumerate(clients):
+            xs, heights, low, high = [], [], [], []
+            for g, (_, server, tls, mode, n) in enumerate(groups):
+                match = [r for r in rows if r["client"] == client
+                         and r["server"] == server and r["tls"] == tls
+                         and r["mode"] == mode and r["threads"] == n]
+                if not match:
+                    continue
+                c = match[0]["conn_per_s"]
+                xs.append(g + (i - (len(clients) - 1) / 2) * width)
+                heights.append(c["median"])
+                low.append(c["median"] - c["min"])
+                high.append(c["max"] - c["median"])
+            ax.bar(xs, heights, width, yerr=[low, high], capsize=2,
+                   label=client)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([g[0] for g in groups])
+        ax.set_ylabel("connections / s")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(ncol=len(clients), fontsize="small",
+                      loc="upper left")
+    fig.suptitle("tlsresume bench: median over rounds, bars min-max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# Command line ------------------------------------------------------------
+
+def _csv(choices=None, kind=str):
+    def parse(text):
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        if choices is not None:
+            bad = [v for v in values if v not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {', '.join(map(str, bad))}; choose from "
+                    f"{', '.join(map(str, choices))}")
+        return values
+    return parse
+
+
+def add_arguments(parser):
+    """Add the bench's options to an argparse parser."""
+    parser.add_argument("--quick", action="store_true",
+                        help="short rounds: the whole run in under a "
+                        "minute")
+    parser.add_argument("--rounds", type=int,
+                        help=f"rounds (default {FULL_SETTINGS[0]}, quick "
+                        f"{QUICK_SETTINGS[0]})")
+    parser.add_argument("--duration", type=float,
+                        help="seconds per measurement (default "
+                        f"{FULL_SETTINGS[1]:g}, quick {QUICK_SETTINGS[1]:g})")
+    parser.add_argument("--clients", type=_csv(CLIENTS),
+                        default=list(CLIENTS),
+                        help="comma-separated, from: " + ", ".join(CLIENTS))
+    parser.add_argument("--servers", type=_csv(SERVERS),
+                        default=list(SERVERS),
+                        help="comma-separated, from: " + ", ".join(SERVERS))
+    parser.add_argument("--tls", type=_csv(("1.2", "1.3")),
+                        default=["1.2", "1.3"], help="TLS versions: 1.2,1.3")
+    parser.add_argument("--modes", type=_csv(("full", "resumed")),
+                        default=["full", "resumed"],
+                        help="full,resumed")
+    parser.add_argument("--threads", type=_csv(kind=int), default=[1, 2, 4],
+                        help="client thread counts (default 1,2,4; more "
+                        "than 1 runs resumed against s_server)")
+    parser.add_argument("--no-cache-bench", action="store_true",
+                        help="skip the SessionCache micro-benchmarks")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write every measurement as JSON rows")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw a bar chart (needs matplotlib)")
+    parser.add_argument("--c-source", metavar="FILE",
+                        help="the C reference client's source (default: "
+                        "csrc/c_reference_client.c of the source tree)")
+    parser.add_argument("--plain", action="store_true",
+                        help="plain text output, no rich display")
+    return parser
+
+
+class _Display:
+    """A rich progress bar on stderr, or nothing without rich."""
+
+    def __init__(self, total, plain):
+        self.console = None
+        self._progress = None
+        if plain:
+            return
+        try:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn,
+                                       Progress, TextColumn,
+                                       TimeElapsedColumn)
+        except ImportError:
+            return
+        self.console = Console()
+        # Refreshed by hand between measurements: an auto-refresh thread
+        # would take the GIL from the Python clients while they run.
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), auto_refresh=False,
+            transient=True)
+        self._task = self._progress.add_task("starting", total=total)
+
+    def __enter__(self):
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+
+    def status(self, text):
+        if self._progress is None:
+            return
+        if text is None:
+            self._progress.advance(self._task)
+        else:
+            self._progress.update(self._task, description=text)
+        self._progress.refresh()
+
+
+def run(args):
+    """Run the bench as ``args`` (from :func:`add_arguments`) ask.
+
+    Returns the exit status: 0 when every measurement ran, 1 when some
+    failed or the bench could not start.
+    """
+    rounds, duration = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    rounds = args.rounds or rounds
+    duration = args.duration or duration
+    if rounds < 1 or duration <= 0 or any(n < 1 for n in args.threads):
+        print("error: rounds, duration and threads must be positive",
+              file=sys.stderr)
+        return 1
+    try:
+        return _run(args, rounds, duration)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args, rounds, duration):
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise BenchError("--plot needs matplotlib: pip install "
+                             "'tlsresume[plot]'") from None
+    workdir = tempfile.mkdtemp(prefix="tlsresume-bench-")
+    try:
+        return _run_in(args, rounds, duration, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(args, rounds, duration, workdir):
+    notes = []
+    clients = {}
+    for name in args.clients:
+        client = make_client(name, args.c_source, workdir)
+        reason = client.unavailable()
+        if reason:
+            notes.append(f"{name} left out: {reason}")
+            continue
+        clients[name] = client
+    if not clients:
+        raise BenchError("no client can run: " + "; ".join(notes))
+
+    certs = make_certificates(workdir)
+    kinds = {"s_server": OpenSSLServer, "tlsresume-server": TlsresumeServer}
+    servers = {}
+    cases = plan(args.servers, args.tls, args.modes, args.threads)
+    total = rounds * len(cases) * len(clients)
+    display = _Display(total, args.plain)
+    started = time.monotonic()
+    try:
+        for name in args.servers:
+            servers[name] = kinds[name](certs, workdir).start()
+        with display:
+            results = run_rounds(clients, servers, cases, rounds, duration,
+                                 display.status)
+            cache_rows, cache_error = (None, None)
+            if not args.no_cache_bench:
+                display.status("SessionCache micro-benchmarks")
+                cache_rows, cache_error = cache_benchmark()
+    finally:
+        for server in servers.values():
+            server.stop()
+    if cache_error:
+        notes.append(cache_error)
+    if "pyopenssl" in clients:
+        notes.append("pyopenssl runs on the OpenSSL bundled with its "
+                     "cryptography wheel, not on the system's libssl")
+    if "stdlib" in clients:
+        notes.append("stdlib: SSLSocket.unwrap() sends close_notify and "
+                     "then tries once to read the peer's (non-blocking)")
+
+    openssl = {name: client.openssl_version()
+               for name, client in clients.items()}
+    report = {
+        "command": _command_line(),
+        "machine": machine(),
+        "servers": {name: s.version for name, s in servers.items()},
+        "settings": {"rounds": rounds, "duration_s": duration,
+                     "certificate": "RSA-2048 (trustme)",
+                     "request": REQUEST.decode(), "read_size": READ_SIZE},
+        "seconds": round(time.monotonic() - started, 1),
+        "openssl": openssl,
+        "rows": [results[(name, case)].row(openssl[name])
+                 for case in cases for name in clients],
+        "ratios": ratios(results, cases),
+        "targets": targets(results, args.threads),
+        "cache": cache_rows or [],
+        "notes": notes,
+    }
+    print_report(report, results, cases, list(clients), display.console)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if args.plot:
+        plot(report, args.plot)
+    failed = [r for r in results.values() if r.error]
+    for result in failed:
+        print(f"error: {result.client}, {result.case.label()}: "
+              f"{result.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _command_line():
+    program = os.path.basename(sys.argv[0])
+    if program == "bench.py" or program == "__main__.py":
+        program = "python -m tlsresume.bench"
+    return " ".join([program] + sys.argv[1:])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m tlsresume.bench",
+        description="Connections per second, full and resumed, for "
+        "tlsresume, its low-level port, the stdlib, pyOpenSSL and a C "
+        "client.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
