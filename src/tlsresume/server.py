@@ -248,8 +248,11 @@ class Server:
             check(lib.SSL_set_fd(ssl, sock.fileno()), "SSL_set_fd")
             ret = lib.SSL_accept(ssl)
             if ret != 1:
-                self.failed_handshakes += 1
-                raise io_error(ssl, ret, "TLS handshake", self.timeout)
+                error = io_error(ssl, ret, "TLS handshake", self.timeout)
+                # Workers finish concurrently: += alone can lose counts.
+                with self._workers_lock:
+                    self.failed_handshakes += 1
+                raise error
             done = True
             if self.greeting:
                 ret = lib.SSL_write(ssl, self.greeting, len(self.greeting))
