@@ -227,6 +227,22 @@ def test_server_hostname_overrides_host(certs):
                         server_hostname="elsewhere.example")
 
 
+def test_sni_is_sent(s_server, certs):
+    # s_server ends the handshake when the client names another server;
+    # a client that sent no name at all would get through.
+    peer = s_server(tls="1.3", extra=[
+        "-servername", "elsewhere.example", "-servername_fatal",
+        "-cert2", certs.certfile, "-key2", certs.keyfile])
+    ctx = ClientContext(cafile=peer.cafile)
+    with pytest.raises(tlsresume.ProtocolError,
+                       match="unrecognized name"):
+        ctx.connect("localhost", peer.port)
+    # An IP address is never sent as SNI, so that connection passes.
+    with ctx.connect("127.0.0.1", peer.port) as conn:
+        conn.write(GET)
+        assert read_all(conn).startswith(b"HTTP/1.0 200 ok")
+
+
 def test_cafile_may_be_a_directory(tmp_path, certs):
     import shutil
     import subprocess
