@@ -62,6 +62,8 @@ def test_tls12_tickets_off_uses_session_ids():
     with local_server(maximum_version="1.2", tickets=False) as srv:
         ctx = ClientContext(cafile=srv.cafile)
         conn = ctx.connect("localhost", srv.port)
+        # The greeting comes after the server has cached the session.
+        assert conn.read() == GREETING
         conn.close()
         assert conn.session.has_ticket is False
         assert conn.session.id
@@ -69,6 +71,7 @@ def test_tls12_tickets_off_uses_session_ids():
         with ctx.connect("localhost", srv.port,
                          session=conn.session) as again:
             assert again.session_reused
+            assert again.read() == GREETING
         assert srv.sessions_cached == 1
 
 
