@@ -81,6 +81,28 @@ def _is_ip(host):
     return True
 
 
+# Server name -> the bytes sent as SNI and checked against the
+# certificate, or None for an IP address.  Connecting again and again to
+# the same names is the common case; the bound keeps odd callers from
+# growing it without end.
+_NAMES = {}
+_NAMES_KEPT = 1024
+
+
+def _encode_name(name):
+    try:
+        return _NAMES[name]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable: let encoding report what is wrong
+        return name.encode("idna") if not _is_ip(name) else None
+    encoded = name.encode("idna") if not _is_ip(name) else None
+    if len(_NAMES) >= _NAMES_KEPT:
+        _NAMES.clear()
+    _NAMES[name] = encoded
+    return encoded
+
+
 class ClientContext:
     """Settings shared by many client connections, and their SSL_CTX.
 
@@ -127,6 +149,10 @@ class ClientContext:
             _file_digest(keyfile, "keyfile") if keyfile else None,
             self.minimum_version, self.maximum_version, tuple(self.alpn),
         )
+        # (host, port, server_hostname) -> PeerKey: a key is a digest of
+        # the settings above, worth computing once per peer, not per
+        # connection.
+        self._keys = {}
 
     def _configure(self, cafile, certfile, keyfile):
         ctx = self._ctx
@@ -202,8 +228,20 @@ class ClientContext:
 
     def peer_key(self, host, port, server_hostname=None):
         """The :class:`PeerKey` sessions for this peer are kept under."""
+        memo = (host, port, server_hostname)
+        try:
+            return self._keys[memo]
+        except (KeyError, TypeError):
+            pass
         name = server_hostname if server_hostname is not None else host
-        return PeerKey.build(host, port, (name,) + self._config)
+        key = PeerKey.build(host, port, (name,) + self._config)
+        if len(self._keys) >= _NAMES_KEPT:
+            self._keys.clear()
+        try:
+            self._keys[memo] = key
+        except TypeError:  # an unhashable argument: no memo
+            pass
+        return key
 
     def load_session(self, data, host, port, server_hostname=None):
         """Rebuild a session from :meth:`Session.to_der` bytes.
@@ -298,7 +336,7 @@ class Connection:
         # The handle makes a reference cycle with self until _abort().
         self._handle = ffi.new_handle(self)
         lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, self._handle)
-        encoded = name.encode("idna") if not _is_ip(name) else None
+        encoded = _encode_name(name)
         if encoded is not None:
             check(lib.SSL_set_tlsext_host_name(ssl, encoded),
                   "setting SNI", ValueError)
