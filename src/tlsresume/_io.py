@@ -3,6 +3,7 @@
 import errno as errno_mod
 import os
 import socket
+import sys
 
 from ._binding import ffi, lib
 from .errors import (
@@ -87,6 +88,74 @@ def open_socket(host, port, timeout):
     one C call with the GIL released; SO_RCVTIMEO/SO_SNDTIMEO bound each
     wait to ``timeout`` seconds.
     """
+    family = _numeric_family(host) if _LINUX else None
+    if family is None:
+        return _open_by_name(host, port, timeout)
+    # A numeric address needs no lookup, and on Linux SO_SNDTIMEO bounds
+    # a blocking connect() as well: no switch to non-blocking and back,
+    # no poll().
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _connect_error(host, port, exc) from exc
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_timeouts(sock, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        sock.connect((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno in _CONNECT_TIMEOUT_ERRNOS:
+            raise TLSTimeoutError(
+                f"connecting to {host}:{port}: no answer within "
+                f"{timeout:g} s") from None
+        raise _connect_error(host, port, exc) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_LINUX = sys.platform.startswith("linux")
+# What a blocking connect() fails with when SO_SNDTIMEO runs out.
+_CONNECT_TIMEOUT_ERRNOS = (errno_mod.EINPROGRESS, errno_mod.EAGAIN,
+                           errno_mod.EWOULDBLOCK)
+# host -> AF_INET or AF_INET6 for a numeric address, None for a name.
+_FAMILIES = {}
+_FAMILIES_KEPT = 1024
+
+
+def _numeric_family(host):
+    try:
+        return _FAMILIES[host]
+    except KeyError:
+        pass
+    except TypeError:
+        return None
+    family = None
+    if isinstance(host, str):
+        for candidate in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(candidate, host)
+            except OSError:
+                continue
+            family = candidate
+            break
+    if len(_FAMILIES) >= _FAMILIES_KEPT:
+        _FAMILIES.clear()
+    _FAMILIES[host] = family
+    return family
+
+
+def _connect_error(host, port, exc):
+    reason = exc.strerror or str(exc)
+    return ConnectError(f"could not connect to {host}:{port}: {reason}")
+
+
+def _open_by_name(host, port, timeout):
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.timeout:
@@ -94,9 +163,7 @@ def open_socket(host, port, timeout):
             f"connecting to {host}:{port}: no answer within "
             f"{timeout:g} s") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConnectError(
-            f"could not connect to {host}:{port}: {reason}") from exc
+        raise _connect_error(host, port, exc) from exc
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(True)
