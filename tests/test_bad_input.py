@@ -120,7 +120,7 @@ def ctx(certs):
     return ClientContext(cafile=certs.cafile)
 
 
-# Bad peers ----------------------------------------------------------------------
+# Bad peers -------------------------------------------------------------------
 
 
 def test_nothing_listening(ctx):
@@ -235,7 +235,7 @@ def test_failures_do_not_break_the_context(ctx, certs):
         session.close()
 
 
-# Bad arguments ----------------------------------------------------------------------
+# Bad arguments ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("port", [0, -1, 65536, 70000, "4433", None, 4.5])

@@ -42,7 +42,7 @@ def five_connections(ctx, host, port, request=None):
 RESUMED = ["NEW SESSION"] + ["REUSED SESSION"] * 4
 
 
-# The five-connection loop -----------------------------------------------------
+# The five-connection loop ----------------------------------------------------
 
 
 @pytest.mark.parametrize("tickets", [True, False], ids=["tickets",
@@ -109,7 +109,7 @@ def test_tls13_session_arrives_with_data_or_close():
         assert conn.session is not first
 
 
-# Properties, reading and writing ------------------------------------------
+# Properties, reading and writing ---------------------------------------------
 
 
 @pytest.mark.parametrize("version,prefix", [("1.2", "ECDHE-"),
@@ -182,7 +182,7 @@ def test_read_returns_empty_after_close_notify(s_server):
         assert conn.read() == b""
 
 
-# Verification -------------------------------------------------------------
+# Verification ----------------------------------------------------------------
 
 
 def test_verify_is_on_by_default():
@@ -258,7 +258,7 @@ def test_cafile_may_be_a_directory(tmp_path, certs):
             assert conn.read() == b"hello from tlsresume\n"
 
 
-# Mutual TLS -------------------------------------------------------------------
+# Mutual TLS ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

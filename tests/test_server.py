@@ -38,7 +38,7 @@ def wait_for(predicate, timeout=5.0):
     return True
 
 
-# Tickets and the session cache --------------------------------------------
+# Tickets and the session cache -----------------------------------------------
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
@@ -90,7 +90,7 @@ def test_tls13_stateful_tickets_live_in_the_cache():
         assert srv.sessions_cached > 0
 
 
-# TLS versions -----------------------------------------------------------------
+# TLS versions ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("minimum,maximum,expected", [
@@ -137,7 +137,7 @@ def test_bad_certificate_files(tmp_path, certs, other_certs):
     assert tlsresume.lib.ERR_peek_error() == 0
 
 
-# Certificates -----------------------------------------------------------------
+# Certificates ----------------------------------------------------------------
 
 
 def test_given_certificate(certs):
@@ -182,7 +182,7 @@ def test_key_file_is_private():
         srv.stop()
 
 
-# Bad clients never stop it -------------------------------------------------------
+# Bad clients never stop it ---------------------------------------------------
 
 
 def _raw(port, payload=None, linger=False):
@@ -300,7 +300,7 @@ def test_server_keeps_session_without_close_notify(version):
             session.close()
 
 
-# Stopping -------------------------------------------------------------------
+# Stopping --------------------------------------------------------------------
 
 
 def _server_threads():

@@ -47,7 +47,7 @@ def settle():
     gc.collect()
 
 
-# Construction and closing ------------------------------------------------
+# Construction and closing ----------------------------------------------------
 
 
 def test_public_cannot_build_a_handle():
@@ -124,7 +124,7 @@ def test_closed_low_level_session_cannot_be_set(server12):
             lib.SSL_free(ssl)
 
 
-# Scope: a session only goes back where it came from -------------------------
+# Scope: a session only goes back where it came from --------------------------
 
 
 def test_other_configuration_refused(server12):
@@ -230,7 +230,7 @@ def test_loaded_session_keeps_its_peer(server12, server13):
     loaded.close()
 
 
-# Secrets ------------------------------------------------------------------
+# Secrets ---------------------------------------------------------------------
 
 
 def _der_fields(data):
@@ -279,7 +279,7 @@ def test_repr_never_shows_secrets(server):
     session.close()
 
 
-# Properties -----------------------------------------------------------------
+# Properties ------------------------------------------------------------------
 
 
 def test_properties_tls12_with_ticket(server12):
@@ -370,20 +370,25 @@ def test_adopt_from_a_low_level_new_session_callback(server13):
     assert tlsresume.live_sessions() == before
 
 
-# Threads --------------------------------------------------------------------
+# Threads ---------------------------------------------------------------------
 
 
 def _read_everything(session):
-    session.id
-    session.protocol
-    session.cipher
-    session.time
-    session.timeout
-    session.ticket_lifetime_hint
-    session.has_ticket
-    session.is_resumable
-    session.to_der()
-    repr(session)
+    return (session.id, session.protocol, session.cipher, session.time,
+            session.timeout, session.ticket_lifetime_hint,
+            session.has_ticket, session.is_resumable, session.to_der(),
+            repr(session))
+
+
+def _read_until_closed(session, ready, problems):
+    ready.wait()
+    try:
+        while True:
+            _read_everything(session)
+    except SessionError:
+        return
+    except BaseException as exc:  # anything else is a bug
+        problems.append(exc)
 
 
 def test_threads_read_while_one_closes(server12):
@@ -393,18 +398,9 @@ def test_threads_read_while_one_closes(server12):
         session = fresh_session(server12, ctx)
         problems = []
         ready = threading.Barrier(9)
-
-        def reader():
-            ready.wait()
-            try:
-                while True:
-                    _read_everything(session)
-            except SessionError:
-                return
-            except BaseException as exc:  # anything else is a bug
-                problems.append(exc)
-
-        threads = [threading.Thread(target=reader) for _ in range(8)]
+        threads = [threading.Thread(target=_read_until_closed,
+                                    args=(session, ready, problems))
+                   for _ in range(8)]
         for t in threads:
             t.start()
         ready.wait()
