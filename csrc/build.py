@@ -119,10 +119,10 @@ def _check_version(include):
 include_dirs, library_dirs, runtime_dirs = _locate()
 
 ffibuilder = FFI()
-ffibuilder.cdef(_read("openssl.cdef.h"))
+ffibuilder.cdef(_read("openssl.cdef.h") + _read("client.cdef.h"))
 ffibuilder.set_source(
     "tlsresume._openssl",
-    _read("openssl.glue.c"),
+    _read("openssl.glue.c") + _read("client.glue.c"),
     libraries=["ssl", "crypto"],
     include_dirs=include_dirs,
     library_dirs=library_dirs,

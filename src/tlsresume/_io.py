@@ -150,6 +150,30 @@ def _numeric_family(host):
     return family
 
 
+def open_fd(host, port, timeout):
+    """Connect like :func:`open_socket`; return ``(socket, descriptor)``.
+
+    For a numeric address on Linux the connection is made in one C call
+    and there is no socket object: ``(None, fd)``, and the caller owns
+    (closes) the descriptor.  Otherwise ``(sock, sock.fileno())``.
+    """
+    family = _numeric_family(host) if _LINUX else None
+    if family is None:
+        sock = _open_by_name(host, port, timeout)
+        return sock, sock.fileno()
+    fd = lib.tlsresume_tcp_connect(family, host.encode("ascii"), port,
+                                   timeout or 0.0)
+    if fd < 0:
+        err = ffi.errno
+        if err in _CONNECT_TIMEOUT_ERRNOS:
+            raise TLSTimeoutError(
+                f"connecting to {host}:{port}: no answer within "
+                f"{timeout:g} s") from None
+        cause = OSError(err, os.strerror(err))
+        raise _connect_error(host, port, cause) from cause
+    return None, fd
+
+
 def _connect_error(host, port, exc):
     reason = exc.strerror or str(exc)
     return ConnectError(f"could not connect to {host}:{port}: {reason}")

@@ -6,7 +6,7 @@ import logging
 import os
 
 from ._binding import SSL_EX_INDEX, ffi, lib
-from ._io import io_error, open_socket, set_timeouts
+from ._io import io_error, open_fd
 from .errors import (
     OpenSSLError,
     SessionError,
@@ -322,46 +322,47 @@ class Connection:
         self.timeout = timeout
         self._ssl = None
         self._sock = None
+        self._fd = -1
         self._handle = None
         self._session = None
         self._offered = None
         self._callback_error = None
         self.session_reused = False
-        self._sock = open_socket(host, port, timeout)
+        # A numeric address on Linux gets a bare descriptor (closed by
+        # _abort), anything else a socket object.
+        self._sock, self._fd = open_fd(host, port, timeout)
 
     def _handshake(self, name, offered, from_cache):
-        ssl = check(lib.SSL_new(self.context._ctx), "SSL_new")
-        self._ssl = ffi.gc(ssl, lib.SSL_free)
-        check(lib.SSL_set_fd(ssl, self._sock.fileno()), "SSL_set_fd")
-        # The handle makes a reference cycle with self until _abort().
-        self._handle = ffi.new_handle(self)
-        lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, self._handle)
         encoded = _encode_name(name)
-        if encoded is not None:
-            check(lib.SSL_set_tlsext_host_name(ssl, encoded),
-                  "setting SNI", ValueError)
+        host = ip = ffi.NULL
         if self.context.verify:
             if encoded is None:
-                param = lib.SSL_get0_param(ssl)
-                check(lib.X509_VERIFY_PARAM_set1_ip_asc(param,
-                                                        name.encode()),
-                      "setting the IP address to verify", ValueError)
+                ip = name.encode()
             else:
-                check(lib.SSL_set1_host(ssl, encoded),
-                      "setting the host name to verify", ValueError)
+                host = encoded
+        session = ffi.NULL
         if offered is not None:
             self._offered = offered
-            offered._set_on(ssl)
-
-        ret = lib.SSL_connect(ssl)
+            session = offered._ref()  # handed to the C call below
+        # The handle makes a reference cycle with self until _abort().
+        self._handle = ffi.new_handle(self)
+        out = ffi.new("SSL **")
+        info = ffi.new("int[3]")
+        # SSL_new, SSL_set_fd, ex_data, SNI, the name to verify,
+        # SSL_set_session and SSL_connect, in one C call.
+        ret = lib.tlsresume_client_handshake(
+            self.context._ctx, self._fd,
+            encoded if encoded is not None else ffi.NULL, host, ip,
+            session, 1, SSL_EX_INDEX, self._handle, out, info)
+        ssl = out[0]
+        if ssl != ffi.NULL:
+            self._ssl = ffi.gc(ssl, lib.SSL_free)
         if ret != 1:
-            raise io_error(ssl, ret,
-                           f"TLS handshake with {self.host}:{self.port}",
-                           self.timeout)
+            self._raise_handshake_error(ssl, ret, info[0])
         self._raise_callback_error()
-        self.session_reused = bool(lib.SSL_session_reused(ssl))
+        self.session_reused = bool(info[1])
         if (self.session_reused and self._session is None
-                and lib.SSL_version(ssl) < lib.TLS1_3_VERSION):
+                and info[2] < lib.TLS1_3_VERSION):
             # TLS 1.2 resumption keeps the same session, valid for the
             # next connection too.  (A TLS 1.3 ticket is used once.)
             self._session = offered._dup()
@@ -371,6 +372,27 @@ class Connection:
         if from_cache:
             # The SSL holds its own reference; drop the cache's.
             offered.close()
+
+    def _raise_handshake_error(self, ssl, ret, step):
+        """Raise what a failed tlsresume_client_handshake calls for."""
+        if step == lib.TLSRESUME_STEP_CONNECT:
+            raise io_error(ssl, ret,
+                           f"TLS handshake with {self.host}:{self.port}",
+                           self.timeout)
+        if step == lib.TLSRESUME_STEP_SESSION:
+            entries = drain_errors()
+            raise SessionError("SSL_set_session failed: "
+                               + (entries[0][3] if entries else "unknown"))
+        what, cls = {
+            lib.TLSRESUME_STEP_SSL_NEW: ("SSL_new", OpenSSLError),
+            lib.TLSRESUME_STEP_SET_FD: ("SSL_set_fd", OpenSSLError),
+            lib.TLSRESUME_STEP_SNI: ("setting SNI", ValueError),
+            lib.TLSRESUME_STEP_HOST: ("setting the host name to verify",
+                                      ValueError),
+            lib.TLSRESUME_STEP_IP: ("setting the IP address to verify",
+                                    ValueError),
+        }[step]
+        raise_openssl(what, cls)
 
     # The new-session callback lands here (see _callbacks below).
     def _on_new_session(self, session):
@@ -465,7 +487,7 @@ class Connection:
     @property
     def closed(self):
         """True once :meth:`close` has run."""
-        return self._ssl is None and self._sock is None
+        return self._ssl is None and self._sock is None and self._fd < 0
 
     def close(self):
         """Send close_notify and free the connection.  Safe to repeat.
@@ -476,24 +498,18 @@ class Connection:
         """
         ssl = self._ssl
         if ssl is not None:
-            try:
-                self._shutdown(ssl)
-            except Exception as exc:  # closing must not fail
-                log.debug("closing %s:%s: %s", self.host, self.port, exc)
-            drain_errors()
+            own_fd = self._sock is None
+            # close_notify; under TLS 1.3 with no ticket yet, read until
+            # the peer's close_notify so tickets in flight reach the
+            # new-session callback; the error queue emptied; our own
+            # descriptor closed: one C call.
+            lib.tlsresume_client_close(
+                ssl, self._fd, own_fd, SSL_EX_INDEX, self._session is None,
+                min(self.timeout or 1.0, 1.0))
+            if own_fd:
+                self._fd = -1
         self._abort()
         self._raise_callback_error()
-
-    def _shutdown(self, ssl):
-        state = lib.SSL_shutdown(ssl)
-        if state != 0 or self._session is not None:
-            return
-        if lib.SSL_version(ssl) < lib.TLS1_3_VERSION:
-            return
-        # Read until the peer's close_notify: tickets in flight are
-        # processed on the way and reach the new-session callback.
-        set_timeouts(self._sock, min(self.timeout or 1.0, 1.0))
-        lib.SSL_shutdown(ssl)
 
     def _abort(self):
         ssl, self._ssl = self._ssl, None
@@ -502,8 +518,11 @@ class Connection:
             ffi.release(ssl)
         self._handle = None
         sock, self._sock = self._sock, None
+        fd, self._fd = self._fd, -1
         if sock is not None:
             sock.close()
+        elif fd >= 0:
+            os.close(fd)
         drain_errors()
 
     def __enter__(self):

@@ -201,6 +201,17 @@ class Session:
             dup = Session._wrap(ptr, self._scope, ctx)
         return dup
 
+    def _ref(self):
+        """A new reference as a plain pointer, for a C call that takes it.
+
+        The caller must hand it to a function that frees it, or free it.
+        """
+        with self._lock:
+            if self._ptr is None:
+                raise SessionError("session handle is closed")
+            lib.SSL_SESSION_up_ref(self._ptr)
+            return ffi.cast("SSL_SESSION *", self._ptr)
+
     def to_der(self):
         """Serialise with ``i2d_SSL_SESSION``.
 
