@@ -6,6 +6,7 @@
 
 from ._binding import ffi, lib, openssl_version
 from ._version import __version__
+from .cache import SessionCache
 from .client import ClientContext, Connection
 from .errors import (
     CertificateVerifyError,
@@ -28,8 +29,8 @@ from .session import Session, live_sessions
 __all__ = [
     "CertificateVerifyError", "ClientContext", "ConnectError", "Connection",
     "OpenSSLError", "PeerKey", "ProtocolError", "Server", "Session",
-    "SessionError", "SyscallError", "TLSError", "TLSTimeoutError",
-    "UnexpectedEOFError", "WantReadError", "WantWriteError",
-    "ZeroReturnError", "__version__", "ffi", "lib", "live_sessions",
-    "openssl_version",
+    "SessionCache", "SessionError", "SyscallError", "TLSError",
+    "TLSTimeoutError", "UnexpectedEOFError", "WantReadError",
+    "WantWriteError", "ZeroReturnError", "__version__", "ffi", "lib",
+    "live_sessions", "openssl_version",
 ]
