@@ -10,6 +10,7 @@ from .cache import SessionCache
 from .client import ClientContext, Connection
 from .errors import (
     CertificateVerifyError,
+    ConfigurationError,
     ConnectError,
     OpenSSLError,
     ProtocolError,
@@ -27,10 +28,28 @@ from .server import Server
 from .session import Session, live_sessions
 
 __all__ = [
-    "CertificateVerifyError", "ClientContext", "ConnectError", "Connection",
-    "OpenSSLError", "PeerKey", "ProtocolError", "Server", "Session",
-    "SessionCache", "SessionError", "SyscallError", "TLSError",
-    "TLSTimeoutError", "UnexpectedEOFError", "WantReadError",
-    "WantWriteError", "ZeroReturnError", "__version__", "ffi", "lib",
-    "live_sessions", "openssl_version",
+    "CertificateVerifyError",
+    "ClientContext",
+    "ConfigurationError",
+    "ConnectError",
+    "Connection",
+    "OpenSSLError",
+    "PeerKey",
+    "ProtocolError",
+    "Server",
+    "Session",
+    "SessionCache",
+    "SessionError",
+    "SyscallError",
+    "TLSError",
+    "TLSTimeoutError",
+    "UnexpectedEOFError",
+    "WantReadError",
+    "WantWriteError",
+    "ZeroReturnError",
+    "__version__",
+    "ffi",
+    "lib",
+    "live_sessions",
+    "openssl_version",
 ]

@@ -14,6 +14,7 @@ from .errors import (
     ZeroReturnError,
     check,
     drain_errors,
+    raise_openssl,
 )
 from .peerkey import PeerKey
 from .session import Session
@@ -265,7 +266,7 @@ class ClientContext:
         :class:`Connection` the caller owns.
         """
         if self._ctx is None:
-            raise SessionError("ClientContext is closed")
+            raise TLSError("connect() on a closed ClientContext")
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"invalid port {port!r}")
         if timeout is not None and timeout <= 0:
@@ -376,9 +377,14 @@ class Connection:
     def _raise_handshake_error(self, ssl, ret, step):
         """Raise what a failed tlsresume_client_handshake calls for."""
         if step == lib.TLSRESUME_STEP_CONNECT:
-            raise io_error(ssl, ret,
-                           f"TLS handshake with {self.host}:{self.port}",
-                           self.timeout)
+            error = io_error(ssl, ret,
+                             f"TLS handshake with {self.host}:{self.port}",
+                             self.timeout)
+            # An exception from the new-session callback stays visible,
+            # as the context of the handshake error.
+            error.__context__, self._callback_error = \
+                self._callback_error, None
+            raise error
         if step == lib.TLSRESUME_STEP_SESSION:
             entries = drain_errors()
             raise SessionError("SSL_set_session failed: "

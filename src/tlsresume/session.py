@@ -55,7 +55,7 @@ class Session:
 
     __slots__ = ("_ptr", "_ctx", "_scope", "_lock", "__weakref__")
 
-    def __init__(self, *args, **kwargs):
+    def __new__(cls, *args, **kwargs):
         raise TypeError(
             "Session objects are made by tlsresume (Session.from_ssl, "
             "Session.adopt, Connection.session), not built directly"
@@ -292,7 +292,8 @@ class Session:
         return bool(self._get(lib.SSL_SESSION_is_resumable))
 
     def __repr__(self):
-        if self._ptr is None:
+        try:
+            ident = self.id[:16] or "ticket"
+            return f"<tlsresume.Session {ident}... {self.protocol}>"
+        except SessionError:
             return "<tlsresume.Session closed>"
-        ident = self.id[:16] or "ticket"
-        return f"<tlsresume.Session {ident}... {self.protocol}>"
