@@ -8,6 +8,7 @@ import time
 
 from . import __version__, example
 from ._binding import openssl_version
+from .cache import SessionCache
 from .client import ClientContext
 from .errors import TLSError
 from .server import Server
@@ -69,8 +70,6 @@ def parse_hostport(text):
 
 
 def cmd_connect(args):
-    from .cache import SessionCache
-
     host, port = parse_hostport(args.target)
     cache = SessionCache()
     with ClientContext(cafile=args.cafile, verify=not args.insecure,
