@@ -1,0 +1,104 @@
+"""Smoke tests for the bench: the C client, and a tiny run of every client.
+
+Figures are not checked (this machine's load decides them); what must
+hold is that every client does its work, resumes when asked, and that
+the JSON rows carry the fields the README and plots rely on.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from tlsresume import bench
+
+pytestmark = pytest.mark.skipif(bench.find_compiler() is None,
+                                reason="no C compiler for c-reference")
+
+
+@pytest.fixture(scope="module")
+def c_client(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("cref"))
+    return bench.compile_c_client(bench.default_c_source(), directory)
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_c_client_resumes_against_s_server(c_client, s_server, tls):
+    server = s_server(tls=tls)
+    out = subprocess.run(
+        [c_client, "--host", server.host, "--port", str(server.port),
+         "--servername", "localhost", "--tls", tls, "--cafile",
+         server.cafile, "--mode", "resumed", "--connections", "20",
+         "--threads", "2"],
+        capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(out.stdout)
+    assert result["connections"] == 40
+    assert result["reused"] == 40
+    assert result["openssl"].startswith("OpenSSL")
+
+
+def test_c_client_full_mode_never_resumes(c_client, s_server):
+    server = s_server(tls="1.2")
+    out = subprocess.run(
+        [c_client, "--host", server.host, "--port", str(server.port),
+         "--tls", "1.2", "--cafile", server.cafile, "--mode", "full",
+         "--connections", "5"],
+        capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(out.stdout)
+    assert (result["connections"], result["reused"]) == (5, 0)
+
+
+def test_c_client_reports_a_refused_connection(c_client, s_server):
+    server = s_server(tls="1.2")
+    server.process.kill()
+    server.process.wait()
+    out = subprocess.run(
+        [c_client, "--host", server.host, "--port", str(server.port),
+         "--connections", "1"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "connect" in out.stderr
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "no-such-compiler-tlsresume")
+    with pytest.raises(bench.BenchError, match="no C compiler"):
+        bench.compile_c_client(bench.default_c_source(), str(tmp_path))
+
+
+ROW_FIELDS = {"client", "server", "tls", "mode", "threads", "conn_per_s",
+              "reused_fraction", "openssl"}
+
+
+def test_tiny_run_writes_rows_for_every_client(tmp_path):
+    pytest.importorskip("OpenSSL", reason="pyOpenSSL (in the test extra)")
+    out = tmp_path / "bench.json"
+    status = bench.main([
+        "--rounds", "1", "--duration", "0.05", "--threads", "1,2",
+        "--no-cache-bench", "--plain", "--json", str(out)])
+    assert status == 0
+    report = json.loads(out.read_text())
+
+    rows = report["rows"]
+    # 2 servers x 2 versions x 2 modes on one thread, plus resumed on
+    # two threads against s_server for each version: per client.
+    assert len(rows) == len(bench.CLIENTS) * (8 + 2)
+    assert {r["client"] for r in rows} == set(bench.CLIENTS)
+    for row in rows:
+        assert ROW_FIELDS <= set(row), row
+        assert row["error"] is None, row
+        assert set(row["conn_per_s"]) == {"median", "min", "max"}
+        assert row["conn_per_s"]["median"] > 0
+        assert row["openssl"]
+        if row["mode"] == "full":
+            assert row["reused_fraction"] == 0.0, row
+        elif row["threads"] == 1 or row["client"] != "tlsresume":
+            assert row["reused_fraction"] == 1.0, row
+        else:
+            # Threads share one cache, which lends a TLS 1.2 session to
+            # one connection at a time: one made meanwhile may be full.
+            assert row["reused_fraction"] > 0.5, row
+    pyopenssl = next(r for r in rows if r["client"] == "pyopenssl")
+    assert "bundled" in pyopenssl["openssl"]
+    assert {t["target"] for t in report["targets"]}
+    assert report["machine"]["cpus"] >= 1
