@@ -1020,6 +1020,21 @@ def print_report(report, results, cases, clients, console=None):
         print(f"note: {note}")
 
 
+def markdown(report, results, cases, clients):
+    """The report's tables as Markdown text."""
+    lines = []
+    for title, header, rows in _tables(report, results, cases, clients):
+        lines += [f"**{title}**", "",
+                  "| " + " | ".join(header) + " |",
+                  "|" + "|".join("---" if i == 0 or not rows
+                                 or not _numeric(rows[0][i]) else "---:"
+                                 for i in range(len(header))) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    lines += [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
 def _numeric(text):
     return bool(re.match(r"^[\d,.]+( |$)", text))
 
@@ -1135,6 +1150,8 @@ def add_arguments(parser):
                         help="skip the SessionCache micro-benchmarks")
     parser.add_argument("--json", metavar="FILE",
                         help="write every measurement as JSON rows")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="write the tables as Markdown")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw a bar chart (needs matplotlib)")
     parser.add_argument("--c-source", metavar="FILE",
@@ -1160,7 +1177,8 @@ class _Display:
                                        TimeElapsedColumn)
         except ImportError:
             return
-        self.console = Console()
+        # Wide enough for the tables when the output is not a terminal.
+        self.console = Console(width=None if sys.stdout.isatty() else 150)
         # Refreshed by hand between measurements: an auto-refresh thread
         # would take the GIL from the Python clients while they run.
         self._progress = Progress(
@@ -1288,6 +1306,9 @@ def _run_in(args, rounds, duration, workdir):
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(markdown(report, results, cases, list(clients)))
     if args.plot:
         plot(report, args.plot)
     failed = [r for r in results.values() if r.error]
