@@ -109,8 +109,9 @@ class SessionCache:
         # Bound once: acquire()/release() cost half of a ``with`` block.
         self._acquire = lock.acquire
         self._release = lock.release
-        # _slot(key) -> deque of (deadline, Session, is TLS 1.3), newest
-        # on the left; never empty.  Least recently used first.
+        # _slot(key) -> list of (deadline, Session, is TLS 1.3), newest
+        # first; never empty.  Least recently used peer first.  A list of
+        # a few items is smaller and quicker than a deque.
         self._peers = collections.OrderedDict()
         # Sessions held = stores - hits - evictions - expirations -
         # discards, so no separate size is kept.
@@ -189,22 +190,22 @@ class SessionCache:
             peers = self._peers
             entry = peers.get(slot)
             if entry is None:
-                entry = peers[slot] = collections.deque()
+                peers[slot] = [(deadline, session, tls13)]
                 if len(peers) > self._max_entries:
                     dropped = peers.popitem(last=False)[1]
                     self._evictions += len(dropped)
-            else:
+            elif tls13 and entry[0][2]:
                 peers.move_to_end(slot)
-                if not tls13 or not entry[0][2]:
-                    # One TLS 1.2 session per peer, and no mixing kinds.
-                    dropped = entry.copy()
-                    entry.clear()
-                    self._evictions += len(dropped)
-            entry.appendleft((deadline, session, tls13))
-            if len(entry) > self._tickets:
-                # Only reached with nothing dropped yet: all TLS 1.3.
-                dropped = (entry.pop(),)
-                self._evictions += 1
+                entry.insert(0, (deadline, session, tls13))
+                if len(entry) > self._tickets:
+                    dropped = (entry.pop(),)
+                    self._evictions += 1
+            else:
+                # One TLS 1.2 session per peer, and no mixing kinds.
+                peers.move_to_end(slot)
+                dropped = entry[:]
+                entry[:] = [(deadline, session, tls13)]
+                self._evictions += len(dropped)
             self._stores += 1
         finally:
             self._release()
@@ -232,7 +233,7 @@ class SessionCache:
             entry = peers.get(slot)
             if entry is not None:
                 while entry:
-                    item = entry.popleft()
+                    item = entry.pop(0)
                     if now < item[0]:
                         found = item[1]
                         break
@@ -308,8 +309,7 @@ class SessionCache:
                 expired.extend(item[1] for item in entry
                                if not now < item[0])
                 if live:
-                    entry.clear()
-                    entry.extend(live)
+                    entry[:] = live
                 else:
                     del peers[slot]
             self._expirations += len(expired)
