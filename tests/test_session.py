@@ -613,3 +613,37 @@ def test_callback_exception_surfaces_from_close_tls13(server13,
     assert conn.closed
     settle()
     assert tlsresume.live_sessions() == base
+
+
+# Bad pointers through the safe layer -----------------------------------------
+
+
+@pytest.mark.parametrize("bad", [ffi.NULL, ffi.cast("SSL *", 0)],
+                         ids=["ffi.NULL", "NULL SSL"])
+def test_null_ssl_is_refused_not_a_crash(server12, bad):
+    # OpenSSL dereferences these without a check: a segfault, not an error.
+    session = fresh_session(server12)
+    before = tlsresume.live_sessions()
+    with pytest.raises((TypeError, ValueError), match="NULL|cdata"):
+        Session.from_ssl(bad)
+    with pytest.raises((TypeError, ValueError), match="NULL|cdata"):
+        session.set_on(bad)
+    with pytest.raises((TypeError, ValueError), match="NULL|cdata"):
+        Session.adopt(bad, ffi.cast("SSL_SESSION *", 1))
+    assert tlsresume.live_sessions() == before
+    session.close()
+
+
+def test_mistyped_pointers_are_refused(server12):
+    with rawtls.client_ctx() as ctx:
+        ssl = lib.SSL_new(ctx)
+        try:
+            before = tlsresume.live_sessions()
+            for bad in ("ssl", 1, None, ffi.new("int *")):
+                with pytest.raises(TypeError):
+                    Session.from_ssl(bad)
+                with pytest.raises(TypeError, match="SSL_SESSION"):
+                    Session.adopt(ssl, bad)
+            assert tlsresume.live_sessions() == before
+        finally:
+            lib.SSL_free(ssl)

@@ -35,6 +35,27 @@ def _free_ctx(ptr):
     lib.SSL_CTX_free(ptr)
 
 
+_SSL_P = ffi.typeof("SSL *")
+_SESSION_P = ffi.typeof("SSL_SESSION *")
+
+
+def _pointer(value, ctype, what):
+    """Check that ``value`` is a non-NULL cdata of ``ctype``.
+
+    OpenSSL does not check its arguments: a NULL or mistyped pointer
+    would crash the process instead of raising.
+    """
+    if not isinstance(value, ffi.CData):
+        raise TypeError(f"{what} must be a cdata '{ctype.cname}', not "
+                        + type(value).__name__)
+    if value == ffi.NULL:
+        raise ValueError(f"{what} is NULL")
+    if ffi.typeof(value) is not ctype:
+        raise TypeError(f"{what} must be a cdata '{ctype.cname}', not "
+                        f"'{ffi.typeof(value).cname}'")
+    return value
+
+
 class Session:
     """One reference to an ``SSL_SESSION``, owned by this Python object.
 
@@ -87,6 +108,7 @@ class Session:
         session taken right after the handshake usually cannot be resumed
         (the server's ticket comes later); see :meth:`adopt`.
         """
+        _pointer(ssl, _SSL_P, "from_ssl(): ssl")
         ptr = lib.SSL_get1_session(ssl)
         if ptr == ffi.NULL:
             return None
@@ -102,8 +124,10 @@ class Session:
         return 1 from the callback, which tells OpenSSL the reference now
         belongs to the application (to this handle).
         """
+        _pointer(ssl, _SSL_P, "adopt(): ssl")
         if session == ffi.NULL:
             raise SessionError("adopt() was given a NULL SSL_SESSION")
+        _pointer(session, _SESSION_P, "adopt(): session")
         ctx = lib.SSL_get_SSL_CTX(ssl)
         return cls._wrap(session,
                          ("SSL_CTX", int(ffi.cast("uintptr_t", ctx))), ctx)
@@ -171,6 +195,7 @@ class Session:
         The SSL must come from the same ``SSL_CTX`` as the session; the
         SSL takes its own reference, so this handle may be closed after.
         """
+        _pointer(ssl, _SSL_P, "set_on(): ssl")
         ctx = lib.SSL_get_SSL_CTX(ssl)
         scope = ("SSL_CTX", int(ffi.cast("uintptr_t", ctx)))
         if scope != self._scope:
