@@ -602,3 +602,22 @@ def test_a_million_puts_stay_bounded(bases):
     assert grown < 16 * 1024 * 1024, f"RSS grew by {grown} bytes"
     cache.clear()
     assert tlsresume.live_sessions() == start_live
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_same_handle_put_twice_is_held_once(bases, kind):
+    # Putting one handle twice filed it twice: a TLS 1.3 ticket was then
+    # handed out twice, and under TLS 1.2 the replaced copy (the same
+    # handle) was closed while still filed, so take() returned a closed
+    # handle.
+    cache = SessionCache(clock=FakeClock())
+    key = peer(0)
+    session = handle(bases[kind], key)
+    assert cache.put(key, session) is True
+    assert cache.put(key, session) is False
+    assert not session.closed
+    assert len(cache) == 1 and consistent(cache.stats())
+    got = cache.take(key)
+    assert got is session and not got.closed
+    assert cache.take(key) is None
+    got.close()

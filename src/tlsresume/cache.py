@@ -144,6 +144,8 @@ class SessionCache:
         The cache owns the handle from now on, whatever happens.  A
         closed, non-resumable or already expired session is refused
         (closed, counted in ``stats()['refused']``) and False returned.
+        A handle the cache already holds is not filed again: False, and
+        it stays held, once (counted as refused).
         ``session.scope`` must equal ``key``, else the handle is closed
         and :class:`SessionError` raised: a session made under one peer
         or configuration is never filed under another.
@@ -189,6 +191,14 @@ class SessionCache:
         try:
             peers = self._peers
             entry = peers.get(slot)
+            if entry is not None:
+                for item in entry:
+                    if item[1] is session:
+                        # Already held: filing it twice would hand one
+                        # ticket out twice, or (TLS 1.2) close it while
+                        # it stays filed.
+                        self._refused += 1
+                        return False
             if entry is None:
                 peers[slot] = [(deadline, session, tls13)]
                 if len(peers) > self._max_entries:
