@@ -317,3 +317,41 @@ def test_closed_context(certs):
     closed.close()
     with pytest.raises(tlsresume.TLSError, match="closed"):
         closed.connect("localhost", free_port())
+
+
+@pytest.mark.parametrize("host", [b"localhost", None, 127])
+def test_host_of_another_type(ctx, host):
+    # bytes and None reached name.encode(): AttributeError, after a TCP
+    # connection had been made (None even connected to loopback).
+    with pytest.raises(TypeError, match="host must be a str"):
+        ctx.connect(host, free_port())
+
+
+@pytest.mark.parametrize("name", [b"localhost", 5])
+def test_server_hostname_of_another_type(ctx, name):
+    with pytest.raises(TypeError, match="server_hostname must be a str"):
+        ctx.connect("127.0.0.1", free_port(), server_hostname=name)
+
+
+@pytest.mark.parametrize("name", ["", "\x00", "local\x00host",
+                                  "localhost\x00.evil.example"])
+def test_empty_or_nul_names_are_refused(certs, name):
+    # "localhost\0.evil.example" was cut at the NUL by OpenSSL: the name
+    # sent and verified was silently "localhost".
+    with local_server(certfile=certs.certfile, keyfile=certs.keyfile) as srv:
+        for verify in (True, False):
+            ctx = ClientContext(cafile=certs.cafile, verify=verify)
+            with pytest.raises(ValueError, match="server_hostname"):
+                ctx.connect("127.0.0.1", srv.port, server_hostname=name)
+            with pytest.raises(ValueError, match="host"):
+                ctx.connect(name, srv.port)
+        assert srv.accepted == 0, "refused before any connection"
+
+
+@pytest.mark.parametrize("name", ["a" * 64 + ".example", "a..b", "ü" * 70])
+def test_names_idna_cannot_encode(certs, name):
+    with local_server(certfile=certs.certfile, keyfile=certs.keyfile) as srv:
+        ctx = ClientContext(cafile=certs.cafile)
+        with pytest.raises(ValueError, match="invalid server name"):
+            ctx.connect("127.0.0.1", srv.port, server_hostname=name)
+        assert srv.accepted == 0, "refused before any connection"

@@ -90,6 +90,19 @@ _NAMES = {}
 _NAMES_KEPT = 1024
 
 
+def _check_name(value, what):
+    """Refuse a host or server name that is not a usable str.
+
+    OpenSSL takes names as C strings: a NUL would silently cut the name
+    sent and verified short.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value or "\x00" in value:
+        raise ValueError(f"invalid {what} {value!r}: empty or contains a "
+                         "NUL character")
+
+
 def _encode_name(name):
     try:
         return _NAMES[name]
@@ -271,7 +284,14 @@ class ClientContext:
             raise ValueError(f"invalid port {port!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
+        _check_name(host, "host")
+        if server_hostname is not None:
+            _check_name(server_hostname, "server_hostname")
         name = server_hostname if server_hostname is not None else host
+        try:
+            _encode_name(name)  # remembered for the handshake
+        except UnicodeError as exc:
+            raise ValueError(f"invalid server name {name!r}: {exc}") from None
         key = self.peer_key(host, port, server_hostname)
 
         offered = None
