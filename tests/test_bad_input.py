@@ -250,6 +250,23 @@ def test_bad_timeout(ctx, timeout):
         ctx.connect("localhost", 4433, timeout=timeout)
 
 
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 1e20,
+                                     -0.0])
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_timeout_out_of_range(ctx, host, timeout):
+    # NaN and infinity passed the "<= 0" check and failed later as
+    # "Numerical argument out of domain" (a ConnectError) or an
+    # OverflowError from the socket module.
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        ctx.connect(host, free_port(), timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", ["1", [1], b"1"])
+def test_timeout_of_another_type(ctx, timeout):
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        ctx.connect("localhost", free_port(), timeout=timeout)
+
+
 @pytest.mark.parametrize("option", ["minimum_version", "maximum_version"])
 @pytest.mark.parametrize("value", ["1.1", "1.0", "tls1.3", "TLS 1.3", 3,
                                    0x0301, "", 1.3])

@@ -3,6 +3,7 @@
 import hashlib
 import ipaddress
 import logging
+import numbers
 import os
 
 from ._binding import SSL_EX_INDEX, ffi, lib
@@ -81,6 +82,10 @@ def _is_ip(host):
         return False
     return True
 
+
+# The longest timeout: the kernel's and Python's socket timeouts overflow
+# not far above it (a NaN or infinity reached them as an obscure error).
+_MAX_TIMEOUT = 1e9
 
 # Server name -> the bytes sent as SNI and checked against the
 # certificate, or None for an IP address.  Connecting again and again to
@@ -282,8 +287,13 @@ class ClientContext:
             raise TLSError("connect() on a closed ClientContext")
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"invalid port {port!r}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if timeout is not None:
+            if not isinstance(timeout, numbers.Real):
+                raise TypeError("timeout must be a number of seconds or "
+                                f"None, not {type(timeout).__name__}")
+            if not 0 < timeout <= _MAX_TIMEOUT:  # NaN fails this too
+                raise ValueError("timeout must be positive and at most "
+                                 f"{_MAX_TIMEOUT:g} s, not {timeout!r}")
         _check_name(host, "host")
         if server_hostname is not None:
             _check_name(server_hostname, "server_hostname")
