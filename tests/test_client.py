@@ -310,3 +310,22 @@ def test_client_certificate_is_part_of_the_session_scope(certs,
         conn.close()
         with pytest.raises(tlsresume.SessionError):
             mutual.connect("localhost", srv.port, session=conn.session)
+
+
+def test_write_and_read_refuse_arguments_of_other_types(s_server):
+    # write(5) was bytes(5): five NUL bytes sent to the peer.
+    peer = s_server(tls="1.3", www=False, extra=["-rev"])
+    ctx = ClientContext(cafile=peer.cafile)
+    with ctx.connect("localhost", peer.port) as conn:
+        for bad in (5, True, "text", None, [104, 105]):
+            with pytest.raises(TypeError):
+                conn.write(bad)
+        assert conn.write(bytearray(b"ok\n")) == 3
+        for bad in ("16", 1.5, None):
+            with pytest.raises(TypeError, match="size"):
+                conn.read(bad)
+        reply = b""
+        while b"\n" not in reply:
+            # A huge size is no MemoryError or OverflowError.
+            reply += conn.read(2**40)
+        assert reply.strip() == b"ko", "nothing else reached the peer"

@@ -87,6 +87,9 @@ def _is_ip(host):
 # not far above it (a NaN or infinity reached them as an obscure error).
 _MAX_TIMEOUT = 1e9
 
+# The most Connection.read() asks OpenSSL for in one call.
+_MAX_READ = 1 << 20
+
 # Server name -> the bytes sent as SNI and checked against the
 # certificate, or None for an IP address.  Connecting again and again to
 # the same names is the common case; the bound keeps odd callers from
@@ -454,8 +457,13 @@ class Connection:
 
     def read(self, size=16384):
         """Read up to ``size`` bytes; b"" once the peer has closed."""
+        if not isinstance(size, int):
+            raise TypeError(f"size must be an int, not {type(size).__name__}")
         if size <= 0:
             raise ValueError("size must be positive")
+        # SSL_read returns at most one record (16 KiB) a call: a huge
+        # size would only allocate, or overflow the C int.
+        size = min(size, _MAX_READ)
         buf = ffi.new("char[]", size)
         ret = self._call(lib.SSL_read, "read", buf, size)
         if ret > 0:
@@ -468,7 +476,9 @@ class Connection:
 
     def write(self, data):
         """Write all of ``data``; returns its length."""
-        data = bytes(data)
+        if data.__class__ is not bytes:
+            # bytes(5) would be five NUL bytes: only bytes-like objects.
+            data = bytes(memoryview(data))
         if not data:
             return 0
         ret = self._call(lib.SSL_write, "write", data, len(data))
