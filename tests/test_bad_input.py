@@ -298,6 +298,25 @@ def test_bad_alpn(alpn):
         ClientContext(alpn=alpn)
 
 
+@pytest.mark.parametrize("alpn", ["h2", b"h2", bytearray(b"h2")])
+def test_alpn_must_be_a_list_not_one_name(alpn):
+    # alpn="h2" was list("h2"): the protocols "h" and "2", silently.
+    with pytest.raises(TypeError, match="alpn must be a list"):
+        ClientContext(alpn=alpn)
+
+
+def test_alpn_name_not_ascii():
+    with pytest.raises(ValueError, match="invalid ALPN protocol"):
+        ClientContext(alpn=["h\u00fcp"])
+
+
+@pytest.mark.parametrize("option", ["cafile", "certfile"])
+def test_nul_in_a_file_name(certs, option):
+    # A bare "embedded null byte" ValueError, naming no file.
+    with pytest.raises(ValueError, match=f"cannot read {option}"):
+        ClientContext(**{option: certs.cafile + "\x00.pem"})
+
+
 @pytest.mark.parametrize("session", [b"\x30\x03\x02\x01\x01", "session",
                                      object(), 1])
 def test_not_a_session(ctx, certs, session):

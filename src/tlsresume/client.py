@@ -60,13 +60,19 @@ def _file_digest(path, what):
     except OSError as exc:
         raise ValueError(f"cannot read {what} {path!r}: "
                          f"{exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise ValueError(f"cannot read {what} {path!r}: {exc}") from None
     return h.hexdigest()
 
 
 def _alpn_wire(protocols):
     wire = bytearray()
     for proto in protocols:
-        raw = proto.encode("ascii") if isinstance(proto, str) else proto
+        try:
+            raw = proto.encode("ascii") if isinstance(proto, str) else proto
+        except UnicodeEncodeError:
+            raise ValueError(f"invalid ALPN protocol {proto!r}: a str "
+                             "must be ASCII (pass bytes otherwise)") from None
         if not isinstance(raw, bytes) or not 0 < len(raw) < 256:
             raise ValueError(f"invalid ALPN protocol {proto!r}: must be "
                              "1 to 255 bytes")
@@ -153,8 +159,16 @@ class ClientContext:
             raise ValueError("minimum_version is above maximum_version")
         if keyfile is not None and certfile is None:
             raise ValueError("keyfile given without certfile")
+        if isinstance(alpn, (str, bytes, bytearray)):
+            # list("h2") would be ["h", "2"]: two protocols, silently.
+            raise TypeError("alpn must be a list of protocol names, not "
+                            f"a single {type(alpn).__name__}")
         self.alpn = list(alpn) if alpn else []
         self.cache = cache
+        # Read before OpenSSL opens them: it would cut a path at a NUL and
+        # load another file than the one named.
+        cert_digest = _file_digest(certfile, "certfile") if certfile else None
+        key_digest = _file_digest(keyfile, "keyfile") if keyfile else None
 
         ctx = check(lib.SSL_CTX_new(lib.TLS_client_method()), "SSL_CTX_new")
         self._ctx = ffi.gc(ctx, lib.SSL_CTX_free)
@@ -166,9 +180,7 @@ class ClientContext:
         # Everything but the peer that decides whether a session made
         # here may be offered again; see PeerKey.
         self._config = (
-            self.verify, trust,
-            _file_digest(certfile, "certfile") if certfile else None,
-            _file_digest(keyfile, "keyfile") if keyfile else None,
+            self.verify, trust, cert_digest, key_digest,
             self.minimum_version, self.maximum_version, tuple(self.alpn),
         )
         # (host, port, server_hostname) -> PeerKey: a key is a digest of
