@@ -7,6 +7,8 @@ import weakref
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tlsresume
 from tlsresume import Connection, Session, SessionError, ffi, lib
@@ -647,3 +649,74 @@ def test_mistyped_pointers_are_refused(server12):
             assert tlsresume.live_sessions() == before
         finally:
             lib.SSL_free(ssl)
+
+
+# Serialised sessions from outside ---------------------------------------------
+
+
+def test_trailing_bytes_after_a_session_are_corrupt(server12):
+    # d2i_SSL_SESSION decodes the first DER object: "good + junk", or two
+    # sessions glued together, loaded as if nothing were wrong.
+    ctx = tlsresume.ClientContext(cafile=server12.cafile)
+    session = fresh_session(server12, ctx)
+    good = session.to_der()
+    session.close()
+    before = tlsresume.live_sessions()
+    for data in (good + b"\x00", good + b"junk", good + good):
+        with pytest.raises(SessionError, match="corrupt"):
+            ctx.load_session(data, "localhost", server12.port)
+    ctx.load_session(good, "localhost", server12.port).close()
+    assert tlsresume.live_sessions() == before
+
+
+@pytest.fixture(scope="module")
+def good_der(server12):
+    session = fresh_session(server12)
+    try:
+        yield session.to_der()
+    finally:
+        session.close()
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_session_bytes(server12, good_der, data):
+    # Random bytes, truncations and byte flips of a real session: a
+    # SessionError or a session, never a crash, a leak or a queued error.
+    kind = data.draw(st.sampled_from(["random", "cut", "flip", "splice"]))
+    if kind == "random":
+        blob = data.draw(st.binary(max_size=600))
+    elif kind == "cut":
+        blob = good_der[:data.draw(st.integers(0, len(good_der)))]
+    elif kind == "flip":
+        blob = bytearray(good_der)
+        for _ in range(data.draw(st.integers(1, 4))):
+            at = data.draw(st.integers(0, len(blob) - 1))
+            blob[at] = data.draw(st.integers(0, 255))
+        blob = bytes(blob)
+    else:
+        at = data.draw(st.integers(0, len(good_der)))
+        blob = good_der[:at] + data.draw(st.binary(max_size=64))
+    ctx = _fuzz_ctx(server12)
+    before = tlsresume.live_sessions()
+    try:
+        loaded = ctx.load_session(blob, "localhost", server12.port)
+    except SessionError as exc:
+        assert "corrupt" in str(exc)
+    else:
+        assert loaded.to_der()
+        repr(loaded)
+        loaded.close()
+    assert tlsresume.live_sessions() == before
+    assert lib.ERR_peek_error() == 0
+
+
+_FUZZ_CTX = {}
+
+
+def _fuzz_ctx(server):
+    if server.port not in _FUZZ_CTX:
+        _FUZZ_CTX[server.port] = tlsresume.ClientContext(
+            cafile=server.cafile)
+    return _FUZZ_CTX[server.port]

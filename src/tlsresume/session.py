@@ -148,6 +148,13 @@ class Session:
                 f"corrupt serialised session ({len(data)} bytes): "
                 "OpenSSL could not decode it"
             )
+        used = pp[0] - ffi.cast("const unsigned char *", buf)
+        if used != len(data):
+            # d2i decodes the first DER object and ignores the rest.
+            lib.SSL_SESSION_free(ptr)
+            raise SessionError(
+                f"corrupt serialised session ({len(data)} bytes): "
+                f"{len(data) - used} bytes after the session")
         return cls._wrap(ptr, scope)
 
     # Ownership and use ------------------------------------------------
