@@ -94,3 +94,23 @@ def test_module_reports_failure(s_server, other_certs):
     assert out.returncode == 1
     assert out.stdout == ""
     assert "certificate verification failed" in out.stderr
+
+
+@pytest.mark.parametrize("argv,reason", [
+    (["127.0.0.1", "70000"], "invalid port"),
+    (["localhost", "70000"], "invalid port"),
+    (["localhost", "-1"], "invalid port"),
+    (["localhost", "0"], "invalid port"),
+    (["localhost", "4433", "-n", "0"], "invalid count"),
+    (["localhost", "4433", "-n", "-3"], "invalid count"),
+])
+def test_module_refuses_bad_arguments(argv, reason):
+    # Port 70000 was an OverflowError traceback for an address, and for a
+    # name a connection to port 4464 (getaddrinfo takes it modulo 65536);
+    # a count below 1 printed nothing and exited 0.
+    out = subprocess.run(
+        [sys.executable, "-m", "tlsresume.example", *argv, "--insecure"],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1 and reason in out.stderr, out.stderr

@@ -42,6 +42,12 @@ def run(host="localhost", port=4433, *, tls=None, cafile=None, verify=True,
     timing TCP connect plus handshake.  Raises :class:`TLSError` subclasses
     on failure.
     """
+    if isinstance(port, bool) or not isinstance(port, int) \
+            or not 0 < port < 65536:
+        # getaddrinfo takes a port modulo 65536: 70000 would be 4464.
+        raise ValueError(f"invalid port {port!r}: must be 1 to 65535")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"invalid count {count!r}: must be at least 1")
     # The legacy initialisation calls are no-ops since OpenSSL 1.1.0; kept
     # so the port reads like the C program.
     lib.SSL_library_init()
