@@ -190,3 +190,10 @@ def test_serve_then_connect(tmp_path, unused_port):
 def test_serve_refuses_half_a_certificate(capsys, certs):
     message, _ = failing(capsys, ["serve", "--cert", certs.certfile])
     assert "--cert and --key" in message
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_serve_bad_port(capsys, port):
+    # Was an OverflowError traceback from bind().
+    message, _ = failing(capsys, ["serve", "--port", port])
+    assert "invalid port" in message

@@ -348,3 +348,16 @@ def test_port_in_use():
             other.start()
         other.stop()
         assert loop(srv, 2) == [False, True]
+
+
+@pytest.mark.parametrize("option", [
+    {"port": 70000}, {"port": -1}, {"port": "4433"}, {"port": None},
+    {"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")},
+    {"timeout": float("inf")}, {"timeout": "5"},
+])
+def test_bad_port_or_timeout(option):
+    # Port 70000 or -1 was an OverflowError from bind() (a traceback from
+    # 'tlsresume serve --port 70000'); timeout=0 meant no timeout at all,
+    # so a client that sends nothing held a thread forever.
+    with pytest.raises(ValueError, match="port|timeout"):
+        Server(**option)

@@ -42,6 +42,15 @@ class Server:
                  keyfile=None, minimum_version=None, maximum_version=None,
                  tickets=True, cache=True, greeting=GREETING, timeout=5.0,
                  key_type="rsa"):
+        if isinstance(port, bool) or not isinstance(port, int) \
+                or not 0 <= port < 65536:
+            raise ValueError(f"invalid port {port!r}: must be 0 (any free "
+                             "port) to 65535")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= 1e9:
+            # 0 would mean no timeout: an idle client holds a thread forever.
+            raise ValueError(f"invalid timeout {timeout!r}: must be positive "
+                             "seconds")
         self.host = host
         self.port = port
         self.tickets = tickets
