@@ -9,6 +9,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tlsresume
 from tlsresume.cli import main, parse_hostport
@@ -197,3 +199,32 @@ def test_serve_bad_port(capsys, port):
     # Was an OverflowError traceback from bind().
     message, _ = failing(capsys, ["serve", "--port", port])
     assert "invalid port" in message
+
+
+@pytest.mark.parametrize("target", ["localhost:\u00b2", "localhost:\uff14\uff14\uff13",
+                                    "localhost:\u0664\u0664\u0663"])
+def test_connect_non_ascii_port_digits(capsys, target):
+    # '²' passed isdigit() and int() then failed with "invalid literal";
+    # fullwidth or Arabic-Indic digits were taken as port 443.
+    message, _ = failing(capsys, ["connect", target])
+    assert "expected HOST:PORT" in message
+
+
+@given(st.text(max_size=30))
+def test_parse_hostport_fuzz(text):
+    try:
+        host, port = parse_hostport(text)
+    except ValueError as exc:
+        assert "HOST:PORT" in str(exc) or "port out of range" in str(exc)
+    else:
+        assert host and 0 < port < 65536
+        assert text.rpartition(":")[2].isascii()
+        assert int(text.rpartition(":")[2]) == port
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_connect_count_below_one(capsys, unused_port, count):
+    # Printed nothing and exited 0.
+    message, _ = failing(capsys, ["connect", f"127.0.0.1:{unused_port}",
+                                  "-n", count])
+    assert "--count" in message

@@ -61,7 +61,8 @@ def parse_hostport(text):
         host, sep, rest = text[1:].partition("]:")
     else:
         host, sep, rest = text.rpartition(":")
-    if not sep or not host or not rest.isdigit():
+    # isdigit() alone takes '²' (int() then fails) and '４４３' (443).
+    if not sep or not host or not (rest.isascii() and rest.isdigit()):
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     port = int(rest)
     if not 0 < port < 65536:
@@ -71,6 +72,8 @@ def parse_hostport(text):
 
 def cmd_connect(args):
     host, port = parse_hostport(args.target)
+    if args.count < 1:
+        raise ValueError(f"-n/--count must be at least 1, not {args.count}")
     cache = SessionCache()
     with ClientContext(cafile=args.cafile, verify=not args.insecure,
                        minimum_version=args.tls, maximum_version=args.tls,
