@@ -391,3 +391,16 @@ def test_names_idna_cannot_encode(certs, name):
         with pytest.raises(ValueError, match="invalid server name"):
             ctx.connect("127.0.0.1", srv.port, server_hostname=name)
         assert srv.accepted == 0, "refused before any connection"
+
+
+@pytest.mark.parametrize("host,port,error", [
+    (None, 443, TypeError), (b"localhost", 443, TypeError),
+    ("", 443, ValueError), ("localhost", "443", ValueError),
+    ("localhost", "abc", ValueError), ("localhost", 0, ValueError),
+    ("localhost", 70000, ValueError),
+])
+def test_load_session_for_a_bad_peer(ctx, host, port, error):
+    # host=None loaded a session for the peer 'None:443'; port 'abc' was
+    # int()'s "invalid literal" - a key no connection could ever match.
+    with pytest.raises(error, match="host|port"):
+        ctx.load_session(b"\x30\x03\x02\x01\x01", host, port)

@@ -284,6 +284,14 @@ class ClientContext:
         peer.  Raises :class:`SessionError` (a ValueError) when the bytes
         are not a session.
         """
+        # The peer as connect() would take it: anything else makes a key
+        # no connection can ever match ('None:443', port '443').
+        _check_name(host, "host")
+        if server_hostname is not None:
+            _check_name(server_hostname, "server_hostname")
+        if (isinstance(port, bool) or not isinstance(port, int)
+                or not 0 < port < 65536):
+            raise ValueError(f"invalid port {port!r}")
         key = self.peer_key(host, port, server_hostname)
         return Session._from_der(data, key)
 
