@@ -76,9 +76,11 @@ class SessionCache:
     Limits: a TLS 1.2 session is taken out like a ticket and put back by
     the client once it has resumed, so two connections to one peer at
     the same moment resume one at a time (the second makes a full
-    handshake).  Expired sessions are not looked for in the background;
-    they are dropped when :meth:`take` meets them or by :meth:`expire`,
-    and count in ``len()`` until then.
+    handshake).  When a server declines a TLS 1.3 ticket, the peer's
+    other tickets stay; each is tried once, and the fresh tickets from
+    the full handshake are offered first.  Expired sessions are not
+    looked for in the background; they are dropped when :meth:`take`
+    meets them or by :meth:`expire`, and count in ``len()`` until then.
     """
 
     def __init__(self, max_entries=1024, ttl=None, tickets_per_peer=4,
