@@ -141,25 +141,24 @@ static int prepare(SSL *ssl, int fd, const char *sni, const char *host,
  * name (`host`) or address (`ip`) to verify (neither if both NULL) and
  * the session to offer (may be NULL; the SSL takes its own reference,
  * and when `session_owned` is 1 the caller's reference is dropped here
- * too, whatever happens); then runs SSL_connect.  The new SSL goes to
- * *ssl_out, which the caller frees.
+ * too, whatever happens); then runs SSL_connect.
  *
- * Returns SSL_connect's result with info[0] = TLSRESUME_STEP_CONNECT,
- * errno as SSL_connect left it (for SSL_get_error), and on success
- * info[1] = SSL_session_reused and info[2] = SSL_version.  Or returns 0
- * with info[0] naming the step that failed and its reasons in the error
- * queue; *ssl_out is NULL if SSL_new failed. */
-int tlsresume_client_handshake(SSL_CTX *ctx, int fd, const char *sni,
-                               const char *host, const char *ip,
-                               SSL_SESSION *session, int session_owned,
-                               int ex_index, void *data, SSL **ssl_out,
-                               int *info)
+ * Returns the new SSL, which the caller frees, or NULL if SSL_new
+ * failed.  info[0] names the step reached: TLSRESUME_STEP_CONNECT, or
+ * the step that failed (its reasons in the error queue); info[3] is
+ * SSL_connect's result (0 when it did not run), with errno as
+ * SSL_connect left it (for SSL_get_error); after a handshake that
+ * succeeded, info[1] is SSL_session_reused and info[2] SSL_version. */
+SSL *tlsresume_client_handshake(SSL_CTX *ctx, int fd, const char *sni,
+                                const char *host, const char *ip,
+                                SSL_SESSION *session, int session_owned,
+                                int ex_index, void *data, int *info)
 {
     SSL *ssl;
-    int ret, step;
+    int step;
 
-    info[1] = info[2] = 0;
-    *ssl_out = ssl = SSL_new(ctx);
+    info[1] = info[2] = info[3] = 0;
+    ssl = SSL_new(ctx);
     step = ssl == NULL ? TLSRESUME_STEP_SSL_NEW
                        : prepare(ssl, fd, sni, host, ip, session, ex_index,
                                  data);
@@ -168,14 +167,14 @@ int tlsresume_client_handshake(SSL_CTX *ctx, int fd, const char *sni,
     }
     info[0] = step;
     if (step != TLSRESUME_STEP_CONNECT) {
-        return 0;
+        return ssl;
     }
-    ret = SSL_connect(ssl);
-    if (ret == 1) {
+    info[3] = SSL_connect(ssl);
+    if (info[3] == 1) {
         info[1] = SSL_session_reused(ssl);
         info[2] = SSL_version(ssl);
     }
-    return ret;
+    return ssl;
 }
 
 /* The end of a client connection, short of SSL_free: close_notify, then,

@@ -395,25 +395,32 @@ class Connection:
             else:
                 host = encoded
         session = ffi.NULL
+        owned = 0
         if offered is not None:
             self._offered = offered
-            session = offered._ref()  # handed to the C call below
+            if from_cache:
+                # Taken from the cache, the handle is ours alone: nobody
+                # can close it during the call.
+                session = offered._ptr
+            else:
+                # The caller's handle may be closed by another thread:
+                # the call gets a reference of its own, and drops it.
+                session, owned = offered._ref(), 1
         # The handle makes a reference cycle with self until _abort().
         self._handle = ffi.new_handle(self)
-        out = ffi.new("SSL **")
-        info = ffi.new("int[3]")
+        info = ffi.new("int[4]")
         # SSL_new, SSL_set_fd, ex_data, SNI, the name to verify,
         # SSL_set_session and SSL_connect, in one C call.
-        ret = lib.tlsresume_client_handshake(
+        ssl = lib.tlsresume_client_handshake(
             self.context._ctx, self._fd,
             encoded if encoded is not None else ffi.NULL, host, ip,
-            session, 1, SSL_EX_INDEX, self._handle, out, info)
-        ssl = out[0]
+            session, owned, SSL_EX_INDEX, self._handle, info)
         if ssl != ffi.NULL:
             self._ssl = ffi.gc(ssl, lib.SSL_free)
-        if ret != 1:
-            self._raise_handshake_error(ssl, ret, info[0])
-        self._raise_callback_error()
+        if info[3] != 1:
+            self._raise_handshake_error(ssl, info[3], info[0])
+        if self._callback_error is not None:
+            self._raise_callback_error()
         self.session_reused = bool(info[1])
         if (self.session_reused and self._session is None
                 and info[2] < lib.TLS1_3_VERSION):
@@ -437,7 +444,13 @@ class Connection:
             # as the context of the handshake error.
             error.__context__, self._callback_error = \
                 self._callback_error, None
-            raise error
+            try:
+                raise error
+            finally:
+                # The local would tie the exception to this frame, and
+                # through its traceback keep the caller's locals (open
+                # connections, sessions) alive until a garbage collection.
+                del error
         if step == lib.TLSRESUME_STEP_SESSION:
             entries = drain_errors()
             raise SessionError("SSL_set_session failed: "
@@ -574,13 +587,19 @@ class Connection:
                 min(self.timeout or 1.0, 1.0))
             if own_fd:
                 self._fd = -1
-        self._abort()
-        self._raise_callback_error()
+            self._abort(cleared=True)
+        else:
+            self._abort()
+        if self._callback_error is not None:
+            self._raise_callback_error()
 
-    def _abort(self):
+    def _abort(self, cleared=False):
+        # cleared: tlsresume_client_close has already emptied the ex_data
+        # slot and the error queue.
         ssl, self._ssl = self._ssl, None
         if ssl is not None:
-            lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, ffi.NULL)
+            if not cleared:
+                lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, ffi.NULL)
             ffi.release(ssl)
         self._handle = None
         sock, self._sock = self._sock, None
@@ -589,7 +608,8 @@ class Connection:
             sock.close()
         elif fd >= 0:
             os.close(fd)
-        drain_errors()
+        if not cleared:
+            drain_errors()
 
     def __enter__(self):
         return self
