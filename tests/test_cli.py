@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -201,8 +202,9 @@ def test_serve_bad_port(capsys, port):
     assert "invalid port" in message
 
 
-@pytest.mark.parametrize("target", ["localhost:\u00b2", "localhost:\uff14\uff14\uff13",
-                                    "localhost:\u0664\u0664\u0663"])
+@pytest.mark.parametrize("target", [
+    "localhost:\u00b2", "localhost:\uff14\uff14\uff13",
+    "localhost:\u0664\u0664\u0663"])
 def test_connect_non_ascii_port_digits(capsys, target):
     # '²' passed isdigit() and int() then failed with "invalid literal";
     # fullwidth or Arabic-Indic digits were taken as port 443.
@@ -228,3 +230,17 @@ def test_connect_count_below_one(capsys, unused_port, count):
     message, _ = failing(capsys, ["connect", f"127.0.0.1:{unused_port}",
                                   "-n", count])
     assert "--count" in message
+
+
+def test_serve_cleans_up_when_the_ca_cannot_be_written(capsys, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # make tempfile read TMPDIR again
+    try:
+        message, _ = failing(capsys, [
+            "serve", "--port", "0", "--write-ca",
+            str(tmp_path / "missing" / "ca.pem")])
+    finally:
+        tempfile.tempdir = None
+    assert "missing" in message
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -98,19 +98,23 @@ def cmd_serve(args):
                     keyfile=args.key, minimum_version=args.tls,
                     maximum_version=args.tls, tickets=not args.no_tickets,
                     cache=not args.no_cache)
-    if args.write_ca:
-        server.write_ca(args.write_ca)
-    server.start()
-    print(f"serving TLS on {server.host}:{server.port} "
-          f"(tickets {'off' if args.no_tickets else 'on'}, "
-          f"cache {'off' if args.no_cache else 'on'}); Ctrl-C stops",
-          flush=True)
-    if args.write_ca:
-        print(f"CA certificate written to {args.write_ca}", flush=True)
     try:
+        if args.write_ca:
+            server.write_ca(args.write_ca)
+        server.start()
+        print(f"serving TLS on {server.host}:{server.port} "
+              f"(tickets {'off' if args.no_tickets else 'on'}, "
+              f"cache {'off' if args.no_cache else 'on'}); Ctrl-C stops",
+              flush=True)
+        if args.write_ca:
+            print(f"CA certificate written to {args.write_ca}",
+                  flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        # Also removes the generated CA's temporary directory.
+        server.stop()
     return 0
 
 
