@@ -170,6 +170,16 @@ def test_a_server_that_cannot_resume_leaves_the_cache_empty(s_server,
     assert cache.stats()["stores"] == 0
 
 
+def test_own_server_without_tickets_or_cache_sends_no_tls13_tickets():
+    cache = SessionCache()
+    with Server(maximum_version="1.3", tickets=False, cache=False) as srv:
+        ctx = ClientContext(cafile=srv.cafile, cache=cache)
+        for _ in range(3):
+            conn = fetch(ctx, srv)
+            assert not conn.session_reused
+    assert cache.stats()["stores"] == 0
+
+
 def test_a_failed_handshake_caches_nothing(s_server, other_certs):
     srv = s_server(tls="1.3")
     cache = SessionCache()

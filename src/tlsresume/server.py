@@ -127,6 +127,11 @@ class Server:
             else lib.SSL_SESS_CACHE_OFF)
         if not self.tickets:
             lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
+            if not self.cache:
+                # Under TLS 1.3 OpenSSL would still send tickets naming
+                # sessions it keeps nowhere; send none instead.
+                check(lib.SSL_CTX_set_num_tickets(ctx, 0),
+                      "SSL_CTX_set_num_tickets")
         # OpenSSL 3 treats a client that leaves without close_notify as a
         # fatal error and drops its session from the cache before
         # SSL_set_shutdown in _handle can save it; read such an EOF as
