@@ -329,3 +329,47 @@ def test_write_and_read_refuse_arguments_of_other_types(s_server):
             # A huge size is no MemoryError or OverflowError.
             reply += conn.read(2**40)
         assert reply.strip() == b"ko", "nothing else reached the peer"
+
+
+def test_tls12_session_serves_connections_open_at_once(certs):
+    # Two connections to one peer at the same moment (as from two
+    # threads) both resume: the cache keeps the TLS 1.2 session while one
+    # connection offers it.
+    cache = tlsresume.SessionCache()
+    with local_server(certfile=certs.certfile, keyfile=certs.keyfile,
+                      maximum_version="1.2") as srv:
+        ctx = ClientContext(cafile=certs.cafile, cache=cache)
+        with ctx.connect("127.0.0.1", srv.port,
+                         server_hostname="localhost") as first:
+            assert not first.session_reused
+        with ctx.connect("127.0.0.1", srv.port,
+                         server_hostname="localhost") as a:
+            with ctx.connect("127.0.0.1", srv.port,
+                             server_hostname="localhost") as b:
+                assert a.session_reused and b.session_reused
+        assert len(cache) == 1
+        ctx.close()
+    cache.clear()
+
+
+def test_declined_tls12_session_leaves_the_cache(certs):
+    # The server forgets (a new process on the same port, keeping
+    # nothing): the stale session is offered once, declined, and not
+    # kept for the next connection.
+    cache = tlsresume.SessionCache()
+    ctx = ClientContext(cafile=certs.cafile, cache=cache,
+                        maximum_version="1.2")
+    files = dict(certfile=certs.certfile, keyfile=certs.keyfile)
+    with local_server(**files) as srv:
+        port = srv.port
+        with ctx.connect("127.0.0.1", port,
+                         server_hostname="localhost") as conn:
+            conn.read()
+    assert len(cache) == 1
+    with local_server(port=port, tickets=False, cache=False,
+                      **files) as srv:
+        with ctx.connect("127.0.0.1", port,
+                         server_hostname="localhost") as conn:
+            assert not conn.session_reused
+    assert len(cache) == 0
+    ctx.close()

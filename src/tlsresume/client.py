@@ -344,11 +344,19 @@ class ClientContext:
         elif self.cache is not None:
             offered = self.cache.take(key)
             from_cache = offered is not None
+        shared = False
+        if from_cache and offered.protocol_version < lib.TLS1_3_VERSION:
+            # Unlike a TLS 1.3 ticket, a TLS 1.2 session may be offered by
+            # any number of connections: leave one in the cache for those
+            # made meanwhile (other threads), which would otherwise make
+            # full handshakes.
+            self.cache.put(key, offered._dup())
+            shared = True
 
         conn = None
         try:
             conn = Connection(self, key, host, port, timeout)
-            conn._handshake(name, offered, from_cache)
+            conn._handshake(name, offered, from_cache, shared)
         except BaseException:
             if conn is not None:
                 conn._abort()
@@ -386,7 +394,7 @@ class Connection:
         # _abort), anything else a socket object.
         self._sock, self._fd = open_fd(host, port, timeout)
 
-    def _handshake(self, name, offered, from_cache):
+    def _handshake(self, name, offered, from_cache, shared=False):
         encoded = _encode_name(name)
         host = ip = ffi.NULL
         if self.context.verify:
@@ -426,13 +434,19 @@ class Connection:
                 and info[2] < lib.TLS1_3_VERSION):
             # TLS 1.2 resumption keeps the same session, valid for the
             # next connection too.  (A TLS 1.3 ticket is used once.)
-            self._session = offered._dup()
             if from_cache:
-                self.context.cache.put(self.key, offered)
+                # The cache kept a handle of its own (see connect).
+                self._session = offered
                 return
+            self._session = offered._dup()
         if from_cache:
             # The SSL holds its own reference; drop the cache's.
             offered.close()
+            if (shared and not self.session_reused
+                    and self._session is None):
+                # Declined, and no new session took the stale one's
+                # place: it must not be offered again.
+                self.context.cache.discard(self.key)
 
     def _raise_handshake_error(self, ssl, ret, step):
         """Raise what a failed tlsresume_client_handshake calls for."""
