@@ -1,4 +1,23 @@
-# Metadata lives in pyproject.toml; this file only wires in the cffi module.
-from setuptools import setup
+# Metadata lives in pyproject.toml; this file only wires in the cffi
+# module and ships the bench's C reference client inside the package.
+import os
 
-setup(cffi_modules=["csrc/build.py:ffibuilder"])
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+C_CLIENT = os.path.join("csrc", "c_reference_client.c")
+
+
+class BuildPy(build_py):
+    """Copy csrc/c_reference_client.c into the built package, where
+    ``tlsresume bench`` finds it once installed."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "tlsresume",
+                              os.path.basename(C_CLIENT))
+        self.copy_file(C_CLIENT, target)
+
+
+setup(cffi_modules=["csrc/build.py:ffibuilder"],
+      cmdclass={"build_py": BuildPy})
