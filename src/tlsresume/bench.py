@@ -1103,10 +1103,11 @@ def plot(report, path):
         ax.set_ylabel("connections / s")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(ncol=len(clients), fontsize="small",
-                      loc="upper left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncol=len(clients), fontsize="small",
+               loc="upper center", bbox_to_anchor=(0.5, 0.965))
     fig.suptitle("tlsresume bench: median over rounds, bars min-max")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
