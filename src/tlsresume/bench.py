@@ -603,8 +603,12 @@ def find_compiler():
 
 
 def default_c_source():
-    """csrc/c_reference_client.c in the source tree, if it is there."""
+    """The C reference client's source: shipped in the package by an
+    install (setup.py copies it), else csrc/ of the source tree."""
     here = os.path.dirname(os.path.abspath(__file__))
+    shipped = os.path.join(here, C_SOURCE_NAME)
+    if os.path.exists(shipped):
+        return shipped
     path = os.path.join(here, os.pardir, os.pardir, "csrc", C_SOURCE_NAME)
     return os.path.normpath(path)
 
@@ -614,8 +618,8 @@ def compile_c_client(source, directory):
     if not os.path.exists(source):
         raise BenchError(
             f"the C reference client's source {source} is missing (it "
-            "ships in the source tree's csrc/); pass --c-source, or leave "
-            "it out with --clients")
+            "is csrc/c_reference_client.c in the source tree); pass "
+            "--c-source, or leave it out with --clients")
     cc = find_compiler()
     if not cc:
         raise BenchError(
