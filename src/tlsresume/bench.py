@@ -980,7 +980,7 @@ def _tables(report, results, cases, clients):
     yield "Ratios of medians", ["ratio", "server", "TLS", "thr", "value"], \
         rows
 
-    rows = [[t["target"], "-" if t["ratio"] is None else f"{t['ratio']:.2f}",
+    rows = [[t["target"], "-" if t["ratio"] is None else f"{t['ratio']:.3f}",
              {True: "met", False: "MISSED", None: "not measured"}[t["met"]],
              t["note"] or ""]
             for t in report["targets"]]
