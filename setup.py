@@ -14,9 +14,10 @@ class BuildPy(build_py):
 
     def run(self):
         super().run()
-        target = os.path.join(self.build_lib, "tlsresume",
-                              os.path.basename(C_CLIENT))
-        self.copy_file(C_CLIENT, target)
+        target = os.path.join(self.build_lib, "tlsresume")
+        self.mkpath(target)  # absent in an editable build
+        self.copy_file(C_CLIENT, os.path.join(target,
+                                              os.path.basename(C_CLIENT)))
 
 
 setup(cffi_modules=["csrc/build.py:ffibuilder"],

@@ -1,6 +1,9 @@
 """The high-level client: ClientContext and Connection against the
 project's Server and against ``openssl s_server``."""
 
+import signal
+import time
+
 import pytest
 
 import tlsresume
@@ -373,3 +376,25 @@ def test_declined_tls12_session_leaves_the_cache(certs):
             assert not conn.session_reused
     assert len(cache) == 0
     ctx.close()
+
+
+@pytest.mark.parametrize("period", [0.05, 0.3])
+def test_signals_during_read_neither_end_nor_extend_the_wait(period):
+    """A signal is not a timeout, and signals cannot wait forever."""
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    try:
+        with local_server(greeting=b"") as srv:  # it never speaks first
+            ctx = ClientContext(cafile=srv.cafile)
+            with ctx.connect("localhost", srv.port, timeout=1.0) as conn:
+                signal.setitimer(signal.ITIMER_REAL, period, period)
+                start = time.monotonic()
+                with pytest.raises(tlsresume.TLSTimeoutError):
+                    conn.read()
+                elapsed = time.monotonic() - start
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert fired
+    assert 0.9 < elapsed < 2.0

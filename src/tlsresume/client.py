@@ -1,10 +1,12 @@
 """The high-level client: ClientContext and Connection."""
 
+import errno
 import hashlib
 import ipaddress
 import logging
 import numbers
 import os
+import time
 
 from ._binding import SSL_EX_INDEX, ffi, lib
 from ._io import io_error, open_fd
@@ -95,6 +97,7 @@ _MAX_TIMEOUT = 1e9
 
 # The most Connection.read() asks OpenSSL for in one call.
 _MAX_READ = 1 << 20
+_RETRY_CODES = (lib.SSL_ERROR_WANT_READ, lib.SSL_ERROR_WANT_WRITE)
 
 # Server name -> the bytes sent as SNI and checked against the
 # certificate, or None for an IP address.  Connecting again and again to
@@ -496,10 +499,36 @@ class Connection:
             raise error
 
     def _call(self, fn, what, *args):
-        if self._ssl is None:
-            raise TLSError(f"{what} on a closed connection")
-        ret = fn(self._ssl, *args)
-        self._raise_callback_error()
+        """Run SSL_read or SSL_write; go on waiting after a signal.
+
+        A signal during the blocking call makes it fail as "want read"
+        or "want write" with errno EINTR (a timeout gives EAGAIN).
+        Python has run the signal's handler by the time we look (and
+        raised, if the handler did), so wait again, for what is left of
+        the timeout.
+        """
+        deadline = None
+        while True:
+            if self._ssl is None:
+                raise TLSError(f"{what} on a closed connection")
+            ret = fn(self._ssl, *args)
+            interrupted = ret <= 0 and ffi.errno == errno.EINTR
+            self._raise_callback_error()
+            if not interrupted or lib.SSL_get_error(
+                    self._ssl, ret) not in _RETRY_CODES:
+                break
+            if self.timeout is not None:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.timeout
+                if now >= deadline:
+                    break
+                lib.tlsresume_set_timeouts(self._fd, deadline - now)
+        if deadline is not None:
+            saved = ffi.errno
+            lib.tlsresume_set_timeouts(self._fd, self.timeout)
+            # What io_error() will read: a spent deadline is a timeout.
+            ffi.errno = errno.EAGAIN if saved == errno.EINTR else saved
         return ret
 
     def read(self, size=16384):
