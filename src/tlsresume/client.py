@@ -286,6 +286,11 @@ class ClientContext:
         Returns a handle the caller owns, scoped to this context and
         peer.  Raises :class:`SessionError` (a ValueError) when the bytes
         are not a session.
+
+        The bytes do not say which peer they were made for (OpenSSL 3.0
+        keeps no server name in a client session), so the scope given
+        here is trusted: pass only bytes saved from a session of this
+        same peer and configuration, stored with its :class:`PeerKey`.
         """
         # The peer as connect() would take it: anything else makes a key
         # no connection can ever match ('None:443', port '443').
