@@ -244,3 +244,15 @@ def test_serve_cleans_up_when_the_ca_cannot_be_written(capsys, tmp_path,
         tempfile.tempdir = None
     assert "missing" in message
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_serve_on_a_busy_port_writes_no_ca(capsys, tmp_path):
+    cafile = tmp_path / "ca.pem"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        message, _ = failing(capsys, ["serve", "--port", str(port),
+                                      "--write-ca", str(cafile)])
+    assert "cannot listen" in message
+    assert not cafile.exists()

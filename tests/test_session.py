@@ -651,7 +651,7 @@ def test_mistyped_pointers_are_refused(server12):
             lib.SSL_free(ssl)
 
 
-# Serialised sessions from outside ---------------------------------------------
+# Serialised sessions from outside ---
 
 
 def test_trailing_bytes_after_a_session_are_corrupt(server12):

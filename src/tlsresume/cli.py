@@ -99,9 +99,9 @@ def cmd_serve(args):
                     maximum_version=args.tls, tickets=not args.no_tickets,
                     cache=not args.no_cache)
     try:
+        server.start()  # first: no CA file for a server that never ran
         if args.write_ca:
             server.write_ca(args.write_ca)
-        server.start()
         print(f"serving TLS on {server.host}:{server.port} "
               f"(tickets {'off' if args.no_tickets else 'on'}, "
               f"cache {'off' if args.no_cache else 'on'}); Ctrl-C stops",
