@@ -14,7 +14,6 @@ _VERSION_NAMES = {
     lib.TLS1_2_VERSION: "TLSv1.2",
     lib.TLS1_3_VERSION: "TLSv1.3",
 }
-_TOKEN = object()
 
 
 def live_sessions():
@@ -33,6 +32,11 @@ def _free_session(ptr):
 
 def _free_ctx(ptr):
     lib.SSL_CTX_free(ptr)
+
+
+def _ctx_scope(ctx):
+    """The scope of sessions made on ``SSL_CTX *ctx`` by the low level."""
+    return ("SSL_CTX", int(ffi.cast("uintptr_t", ctx)))
 
 
 _SSL_P = ffi.typeof("SSL *")
@@ -113,8 +117,7 @@ class Session:
         if ptr == ffi.NULL:
             return None
         ctx = lib.SSL_get_SSL_CTX(ssl)
-        return cls._wrap(ptr, ("SSL_CTX", int(ffi.cast("uintptr_t", ctx))),
-                         ctx)
+        return cls._wrap(ptr, _ctx_scope(ctx), ctx)
 
     @classmethod
     def adopt(cls, ssl, session):
@@ -129,8 +132,7 @@ class Session:
             raise SessionError("adopt() was given a NULL SSL_SESSION")
         _pointer(session, _SESSION_P, "adopt(): session")
         ctx = lib.SSL_get_SSL_CTX(ssl)
-        return cls._wrap(session,
-                         ("SSL_CTX", int(ffi.cast("uintptr_t", ctx))), ctx)
+        return cls._wrap(session, _ctx_scope(ctx), ctx)
 
     @classmethod
     def _from_der(cls, data, scope):
@@ -203,9 +205,7 @@ class Session:
         SSL takes its own reference, so this handle may be closed after.
         """
         _pointer(ssl, _SSL_P, "set_on(): ssl")
-        ctx = lib.SSL_get_SSL_CTX(ssl)
-        scope = ("SSL_CTX", int(ffi.cast("uintptr_t", ctx)))
-        if scope != self._scope:
+        if _ctx_scope(lib.SSL_get_SSL_CTX(ssl)) != self._scope:
             raise SessionError(
                 "session was made under another context; refusing to "
                 "offer it here"
@@ -221,17 +221,13 @@ class Session:
     def _dup(self):
         """A second, independent handle on the same SSL_SESSION."""
         with self._lock:
-            if self._ptr is None:
-                raise SessionError("session handle is closed")
-            lib.SSL_SESSION_up_ref(self._ptr)
             # Plain pointers, not our ffi.gc objects: wrapping those again
             # would keep this handle's reference alive as long as the dup
             # (a chain of unfreed sessions in a resumption loop).
-            ptr = ffi.cast("SSL_SESSION *", self._ptr)
+            ptr = self._ref_locked()
             ctx = (ffi.cast("SSL_CTX *", self._ctx)
                    if self._ctx is not None else None)
-            dup = Session._wrap(ptr, self._scope, ctx)
-        return dup
+            return Session._wrap(ptr, self._scope, ctx)
 
     def _ref(self):
         """A new reference as a plain pointer, for a C call that takes it.
@@ -239,10 +235,13 @@ class Session:
         The caller must hand it to a function that frees it, or free it.
         """
         with self._lock:
-            if self._ptr is None:
-                raise SessionError("session handle is closed")
-            lib.SSL_SESSION_up_ref(self._ptr)
-            return ffi.cast("SSL_SESSION *", self._ptr)
+            return self._ref_locked()
+
+    def _ref_locked(self):
+        if self._ptr is None:
+            raise SessionError("session handle is closed")
+        lib.SSL_SESSION_up_ref(self._ptr)
+        return ffi.cast("SSL_SESSION *", self._ptr)
 
     def to_der(self):
         """Serialise with ``i2d_SSL_SESSION``.
