@@ -45,7 +45,9 @@ import time
 from dataclasses import dataclass, field
 
 from ._binding import ffi, lib, openssl_version
+from . import cachebench
 from ._io import io_error, open_socket
+from .cache import SessionCache
 from .client import ClientContext, tls_version
 from .errors import check
 from .session import Session
@@ -301,30 +303,13 @@ class PythonClient:
             setup.close()
 
 
-def _session_cache_class():
-    try:
-        from .cache import SessionCache
-    except ImportError as exc:
-        raise BenchError(
-            "the tlsresume client needs tlsresume.SessionCache "
-            f"(tlsresume.cache), which cannot be imported: {exc}") from None
-    return SessionCache
-
-
 class TlsresumeClient(PythonClient):
     """ClientContext with a SessionCache: the way the library is used."""
 
     name = "tlsresume"
 
-    def unavailable(self):
-        try:
-            _session_cache_class()
-        except BenchError as exc:
-            return str(exc)
-        return None
-
     def setup(self, target, tls, resumed):
-        cache = _session_cache_class()(1024, None, 4) if resumed else None
+        cache = SessionCache(1024, None, 4) if resumed else None
         return _TlsresumeSetup(target, tls, cache)
 
 
@@ -905,11 +890,6 @@ def targets(results, threads):
 
 def cache_benchmark(threads=(1, 2, 8), quick=False):
     """Rows from tlsresume.cachebench.measure, or an error text."""
-    try:
-        from . import cachebench
-    except ImportError as exc:
-        return None, ("cache micro-benchmarks unavailable: "
-                      f"tlsresume.cachebench cannot be imported ({exc})")
     options = {"ops": 10_000} if quick else {}
     try:
         return list(cachebench.measure(threads=tuple(threads),
