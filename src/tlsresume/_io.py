@@ -86,36 +86,15 @@ def open_socket(host, port, timeout):
 
     Blocking sockets let each SSL_connect, SSL_read and SSL_write run as
     one C call with the GIL released; SO_RCVTIMEO/SO_SNDTIMEO bound each
-    wait to ``timeout`` seconds.
+    wait to ``timeout`` seconds.  See :func:`open_fd`.
     """
-    family = _numeric_family(host) if _LINUX else None
-    if family is None:
-        return _open_by_name(host, port, timeout)
-    # A numeric address needs no lookup, and on Linux SO_SNDTIMEO bounds
-    # a blocking connect() as well: no switch to non-blocking and back,
-    # no poll().
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise _connect_error(host, port, exc) from exc
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        set_timeouts(sock, timeout)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        sock.connect((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno in _CONNECT_TIMEOUT_ERRNOS:
-            raise TLSTimeoutError(
-                f"connecting to {host}:{port}: no answer within "
-                f"{timeout:g} s") from None
-        raise _connect_error(host, port, exc) from exc
-    except BaseException:
-        sock.close()
-        raise
+    sock, fd = open_fd(host, port, timeout)
+    if sock is None:
+        try:
+            sock = socket.socket(fileno=fd)
+        except BaseException:
+            os.close(fd)
+            raise
     return sock
 
 
