@@ -619,9 +619,10 @@ class Connection:
     def close(self):
         """Send close_notify and free the connection.  Safe to repeat.
 
-        Under TLS 1.3, if no ticket has arrived yet, first waits (at most
-        the timeout, usually one round trip) for the server's tickets and
-        close_notify, so the next connection can resume.
+        Under TLS 1.3, if no ticket has arrived yet, first waits (usually
+        one round trip; at most one second, or the timeout if shorter)
+        for the server's tickets and close_notify, so the next
+        connection can resume.
         """
         ssl = self._ssl
         if ssl is not None:
