@@ -1,17 +1,15 @@
 """Shared fixtures: certificates from trustme and `openssl s_server` peers."""
 
 import os
-import re
-import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 
 import pytest
 import trustme
 
 import tlsresume
+from tlsresume import bench
 
 
 def pytest_report_header(config):
@@ -64,14 +62,6 @@ class SServer:
     process: subprocess.Popen
 
 
-def _openssl_binary():
-    path = shutil.which("openssl")
-    if path is None:
-        pytest.fail("the openssl command is needed (Debian: apt-get install "
-                    "openssl)")
-    return path
-
-
 @pytest.fixture
 def s_server(certs, tmp_path):
     """Factory: start `openssl s_server` on a free loopback port.
@@ -85,40 +75,26 @@ def s_server(certs, tmp_path):
     def start(tls="1.3", www=True, no_ticket=False, no_cache=False,
               extra=(), cert=None):
         cert = cert or certs
-        args = [_openssl_binary(), "s_server", "-accept", "127.0.0.1:0",
-                "-cert", cert.certfile, "-key", cert.keyfile,
-                "-tls1_3" if tls == "1.3" else "-tls1_2"]
+        options = ["-cert", cert.certfile, "-key", cert.keyfile,
+                   "-tls1_3" if tls == "1.3" else "-tls1_2"]
         if www:
-            args.append("-www")
+            options.append("-www")
         if no_ticket:
-            args.append("-no_ticket")
+            options.append("-no_ticket")
         if no_cache:
-            args.append("-no_cache")
-        args += list(extra)
-        # Output goes to a file: a pipe nobody reads would fill up and
-        # stall the server after enough connections.
+            options.append("-no_cache")
+        options += list(extra)
         log = tmp_path / f"s_server-{len(started)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE,
-                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            proc, port = bench.start_s_server(options, str(log))
+        except bench.BenchError as exc:
+            pytest.fail(str(exc))
         started.append(proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            match = re.search(r"ACCEPT .*:(\d+)", log.read_text("latin-1"))
-            if match:
-                return SServer("127.0.0.1", int(match.group(1)),
-                               cert.cafile, proc)
-            if proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        pytest.fail(f"openssl s_server did not start: {' '.join(args)}\n"
-                    + log.read_text("latin-1"))
+        return SServer("127.0.0.1", port, cert.cafile, proc)
 
     yield start
     for proc in started:
-        proc.kill()
-        proc.wait()
-        proc.stdin.close()
+        bench.stop_s_server(proc)
 
 
 @pytest.fixture

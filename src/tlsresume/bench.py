@@ -96,6 +96,50 @@ def make_certificates(directory):
     return files
 
 
+def openssl_command():
+    """The path of the ``openssl`` command; BenchError without one."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise BenchError("the openssl command is needed for s_server "
+                         "(Debian: apt-get install openssl)")
+    return exe
+
+
+def start_s_server(options, log_path, host=HOST):
+    """Start ``openssl s_server -accept HOST:0 OPTIONS``; wait until it
+    listens and return ``(process, port)``.
+
+    Its output goes to ``log_path``, a file: a pipe nobody reads would
+    fill up and stall the server.  Raises BenchError, with the command
+    and the log, when it does not start.
+    """
+    args = [openssl_command(), "s_server", "-accept", f"{host}:0",
+            *options]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=log,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        with open(log_path, "rb") as f:
+            text = f.read().decode("latin-1")
+        match = re.search(r"ACCEPT .*:(\d+)", text)
+        if match:
+            return proc, int(match.group(1))
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    stop_s_server(proc)
+    raise BenchError(f"openssl s_server did not start: {' '.join(args)}\n"
+                     + text.strip())
+
+
+def stop_s_server(proc):
+    """Kill an s_server from :func:`start_s_server` and wait for it."""
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+
+
 class OpenSSLServer:
     """``openssl s_server -www`` on a free loopback port.
 
@@ -113,42 +157,18 @@ class OpenSSLServer:
         self._proc = None
 
     def start(self):
-        exe = shutil.which("openssl")
-        if exe is None:
-            raise BenchError("the openssl command is needed for s_server "
-                             "(Debian: apt-get install openssl)")
         self.version = subprocess.run(
-            [exe, "version"], capture_output=True, text=True,
+            [openssl_command(), "version"], capture_output=True, text=True,
             check=False).stdout.strip()
-        args = [exe, "s_server", "-accept", f"{HOST}:0",
-                "-cert", self.certs.certfile, "-key", self.certs.keyfile,
-                "-www"]
-        log_path = os.path.join(self.directory, "s_server.log")
-        # A file, not a pipe: a pipe nobody reads would stall the server.
-        with open(log_path, "wb") as log:
-            self._proc = subprocess.Popen(args, stdin=subprocess.PIPE,
-                                          stdout=log,
-                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with open(log_path, "rb") as f:
-                text = f.read().decode("latin-1")
-            match = re.search(r"ACCEPT .*:(\d+)", text)
-            if match:
-                self.port = int(match.group(1))
-                return self
-            if self._proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise BenchError(f"openssl s_server did not start: {text.strip()}")
+        self._proc, self.port = start_s_server(
+            ["-cert", self.certs.certfile, "-key", self.certs.keyfile,
+             "-www"], os.path.join(self.directory, "s_server.log"))
+        return self
 
     def stop(self):
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.kill()
-            proc.wait()
-            proc.stdin.close()
+            stop_s_server(proc)
 
 
 class TlsresumeServer:
