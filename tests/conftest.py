@@ -1,12 +1,10 @@
 """Shared fixtures: certificates from trustme and `openssl s_server` peers."""
 
-import os
 import socket
 import subprocess
 from dataclasses import dataclass
 
 import pytest
-import trustme
 
 import tlsresume
 from tlsresume import bench
@@ -17,41 +15,18 @@ def pytest_report_header(config):
             f"{tlsresume.openssl_version()}")
 
 
-@dataclass
-class CertFiles:
-    ca: trustme.CA
-    cafile: str
-    certfile: str
-    keyfile: str
-
-
-def _write_certs(directory, ca, *names):
-    cert = ca.issue_cert(*names, key_type=trustme.KeyType.RSA)
-    cafile = os.path.join(directory, "ca.pem")
-    certfile = os.path.join(directory, "cert.pem")
-    keyfile = os.path.join(directory, "key.pem")
-    ca.cert_pem.write_to_path(cafile)
-    with open(certfile, "wb") as f:
-        for pem in cert.cert_chain_pems:
-            f.write(pem.bytes())
-    cert.private_key_pem.write_to_path(keyfile)
-    return CertFiles(ca, cafile, certfile, keyfile)
-
-
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory):
     """A CA and an RSA-2048 certificate for localhost and 127.0.0.1."""
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    return _write_certs(str(tmp_path_factory.mktemp("certs")), ca,
-                        "localhost", "127.0.0.1", "::1")
+    return bench.make_certificates(str(tmp_path_factory.mktemp("certs")),
+                                   "localhost", "127.0.0.1", "::1")
 
 
 @pytest.fixture(scope="session")
 def other_certs(tmp_path_factory):
     """Another CA and a certificate for a name that is not localhost."""
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    return _write_certs(str(tmp_path_factory.mktemp("other-certs")), ca,
-                        "not-localhost.example")
+    return bench.make_certificates(
+        str(tmp_path_factory.mktemp("other-certs")), "not-localhost.example")
 
 
 @dataclass

@@ -77,17 +77,21 @@ class Certificates:
     cafile: str
     certfile: str
     keyfile: str
+    ca: object = None  # the trustme.CA that issued the certificate
 
 
-def make_certificates(directory):
-    """A trustme CA and an RSA-2048 certificate for localhost/127.0.0.1."""
+def make_certificates(directory, *names):
+    """A trustme CA and an RSA-2048 certificate it issued for ``names``
+    (default: localhost and 127.0.0.1), written to ``directory`` as
+    ca.pem, cert.pem (the chain) and key.pem."""
     import trustme
 
     ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    cert = ca.issue_cert(SERVER_NAME, HOST, key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert(*(names or (SERVER_NAME, HOST)),
+                         key_type=trustme.KeyType.RSA)
     files = Certificates(os.path.join(directory, "ca.pem"),
                          os.path.join(directory, "cert.pem"),
-                         os.path.join(directory, "key.pem"))
+                         os.path.join(directory, "key.pem"), ca)
     ca.cert_pem.write_to_path(files.cafile)
     with open(files.certfile, "wb") as f:
         for pem in cert.cert_chain_pems:
