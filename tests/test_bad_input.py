@@ -101,12 +101,6 @@ def stall_after_hello(server, sock):
     server.stopping.wait(10)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def timed_connect(ctx, port, timeout=0.5, host="localhost"):
     started = time.monotonic()
     try:
@@ -123,9 +117,9 @@ def ctx(certs):
 # Bad peers -------------------------------------------------------------------
 
 
-def test_nothing_listening(ctx):
+def test_nothing_listening(ctx, unused_port):
     with pytest.raises(tlsresume.ConnectError) as info:
-        timed_connect(ctx, free_port())
+        timed_connect(ctx, unused_port)
     assert "could not connect" in str(info.value)
     assert "refused" in str(info.value).lower()
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
@@ -253,18 +247,18 @@ def test_bad_timeout(ctx, timeout):
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 1e20,
                                      -0.0])
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-def test_timeout_out_of_range(ctx, host, timeout):
+def test_timeout_out_of_range(ctx, unused_port, host, timeout):
     # NaN and infinity passed the "<= 0" check and failed later as
     # "Numerical argument out of domain" (a ConnectError) or an
     # OverflowError from the socket module.
     with pytest.raises(ValueError, match="timeout must be positive"):
-        ctx.connect(host, free_port(), timeout=timeout)
+        ctx.connect(host, unused_port, timeout=timeout)
 
 
 @pytest.mark.parametrize("timeout", ["1", [1], b"1"])
-def test_timeout_of_another_type(ctx, timeout):
+def test_timeout_of_another_type(ctx, unused_port, timeout):
     with pytest.raises(TypeError, match="timeout must be a number"):
-        ctx.connect("localhost", free_port(), timeout=timeout)
+        ctx.connect("localhost", unused_port, timeout=timeout)
 
 
 @pytest.mark.parametrize("option", ["minimum_version", "maximum_version"])
@@ -347,26 +341,26 @@ def test_corrupt_session_bytes(ctx, certs):
         ctx.load_session(data, "localhost", srv.port).close()
 
 
-def test_closed_context(certs):
+def test_closed_context(certs, unused_port):
     closed = ClientContext(cafile=certs.cafile)
     closed.close()
     closed.close()
     with pytest.raises(tlsresume.TLSError, match="closed"):
-        closed.connect("localhost", free_port())
+        closed.connect("localhost", unused_port)
 
 
 @pytest.mark.parametrize("host", [b"localhost", None, 127])
-def test_host_of_another_type(ctx, host):
+def test_host_of_another_type(ctx, unused_port, host):
     # bytes and None reached name.encode(): AttributeError, after a TCP
     # connection had been made (None even connected to loopback).
     with pytest.raises(TypeError, match="host must be a str"):
-        ctx.connect(host, free_port())
+        ctx.connect(host, unused_port)
 
 
 @pytest.mark.parametrize("name", [b"localhost", 5])
-def test_server_hostname_of_another_type(ctx, name):
+def test_server_hostname_of_another_type(ctx, unused_port, name):
     with pytest.raises(TypeError, match="server_hostname must be a str"):
-        ctx.connect("127.0.0.1", free_port(), server_hostname=name)
+        ctx.connect("127.0.0.1", unused_port, server_hostname=name)
 
 
 @pytest.mark.parametrize("name", ["", "\x00", "local\x00host",
