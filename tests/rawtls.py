@@ -1,11 +1,14 @@
-"""A client made of plain ``lib`` calls, as a C program would write it.
+"""Raw peers: a client made of plain ``lib`` calls, as a C program would
+write it, and a TCP server that speaks no TLS.
 
-Tests use it where the high-level client cannot go: sessions scoped to
-an ``SSL_CTX``, and leaving a server without close_notify.
+Tests use the client where the high-level client cannot go: sessions
+scoped to an ``SSL_CTX``, and leaving a server without close_notify; the
+server to play a peer that misbehaves.
 """
 
 import contextlib
 import socket
+import threading
 
 from tlsresume import Session, ffi, lib
 from tlsresume._io import io_error, set_timeouts
@@ -74,3 +77,52 @@ class RawConnection:
         self.ssl = None
         self.sock.close()
         lib.ERR_clear_error()
+
+
+class FakeServer:
+    """A TCP listener that answers each connection with ``behaviour``."""
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.stopping = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        # Closing a listener does not wake a blocked accept(): poll.
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.listener.close()
+        self.thread.join(5)
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with sock:
+                try:
+                    self.behaviour(self, sock)
+                except OSError:
+                    pass
+
+
+def hello(sock):
+    """Read the client's first flight (its ClientHello)."""
+    sock.settimeout(5)
+    assert sock.recv(4096)
+
+
+def speak_http(server, sock):
+    hello(sock)
+    sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                 b"Connection: close\r\n\r\n")
+    server.stopping.wait(2)

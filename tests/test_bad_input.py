@@ -4,7 +4,6 @@ crash, no hang and no leaked session handles."""
 import gc
 import os
 import socket
-import threading
 import time
 
 import pytest
@@ -12,6 +11,8 @@ import pytest
 import tlsresume
 from tlsresume import ClientContext, lib
 from tlsresume.testing import local_server
+
+from rawtls import FakeServer, hello, speak_http
 
 
 @pytest.fixture(autouse=True)
@@ -26,67 +27,18 @@ def no_leaks():
     assert lib.ERR_peek_error() == 0
 
 
-class FakeServer:
-    """A TCP listener that answers each connection with ``behaviour``."""
-
-    def __init__(self, behaviour):
-        self.behaviour = behaviour
-        self.stopping = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        # Closing a listener does not wake a blocked accept(): poll.
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        self.listener.close()
-        self.thread.join(5)
-
-    def _serve(self):
-        while not self.stopping.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with sock:
-                try:
-                    self.behaviour(self, sock)
-                except OSError:
-                    pass
-
-
-def _hello(sock):
-    """Read the client's first flight (its ClientHello)."""
-    sock.settimeout(5)
-    assert sock.recv(4096)
-
-
-def speak_http(server, sock):
-    _hello(sock)
-    sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                 b"Connection: close\r\n\r\n")
-    server.stopping.wait(2)
-
-
 def close_after_hello(server, sock):
-    _hello(sock)
+    hello(sock)
 
 
 def reset_after_hello(server, sock):
-    _hello(sock)
+    hello(sock)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                     b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
 def close_mid_server_hello(server, sock):
-    _hello(sock)
+    hello(sock)
     # A handshake record header announcing 80 bytes, then 3 of them.
     sock.sendall(b"\x16\x03\x03\x00\x50\x02\x00\x00")
 
@@ -96,7 +48,7 @@ def stall(server, sock):
 
 
 def stall_after_hello(server, sock):
-    _hello(sock)
+    hello(sock)
     sock.sendall(b"\x16\x03\x03\x00\x50\x02\x00\x00")
     server.stopping.wait(10)
 

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -16,6 +15,8 @@ from hypothesis import strategies as st
 import tlsresume
 from tlsresume.cli import main, parse_hostport
 from tlsresume.testing import local_server
+
+from rawtls import FakeServer, speak_http
 
 TLSRESUME = [sys.executable, "-m", "tlsresume"]
 
@@ -127,24 +128,9 @@ def test_connect_timeout(capsys):
 
 
 def test_connect_not_tls(capsys):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        port = listener.getsockname()[1]
-
-        def answer():
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n"
-                             b"Content-Length: 0\r\n\r\n")
-                time.sleep(0.2)
-
-        thread = threading.Thread(target=answer, daemon=True)
-        thread.start()
-        message, _ = failing(capsys, ["connect", f"127.0.0.1:{port}",
+    with FakeServer(speak_http) as fake:
+        message, _ = failing(capsys, ["connect", f"127.0.0.1:{fake.port}",
                                       "--insecure", "--timeout", "5"])
-        thread.join(5)
     assert "TLS protocol error" in message
 
 
