@@ -7,7 +7,7 @@ import weakref
 
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tlsresume
@@ -678,10 +678,15 @@ def good_der(server12):
         session.close()
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def fuzz_ctx(server12):
+    with tlsresume.ClientContext(cafile=server12.cafile) as ctx:
+        yield ctx
+
+
+@settings(max_examples=300, deadline=None)
 @given(data=st.data())
-def test_fuzzed_session_bytes(server12, good_der, data):
+def test_fuzzed_session_bytes(server12, good_der, fuzz_ctx, data):
     # Random bytes, truncations and byte flips of a real session: a
     # SessionError or a session, never a crash, a leak or a queued error.
     kind = data.draw(st.sampled_from(["random", "cut", "flip", "splice"]))
@@ -698,10 +703,9 @@ def test_fuzzed_session_bytes(server12, good_der, data):
     else:
         at = data.draw(st.integers(0, len(good_der)))
         blob = good_der[:at] + data.draw(st.binary(max_size=64))
-    ctx = _fuzz_ctx(server12)
     before = tlsresume.live_sessions()
     try:
-        loaded = ctx.load_session(blob, "localhost", server12.port)
+        loaded = fuzz_ctx.load_session(blob, "localhost", server12.port)
     except SessionError as exc:
         assert "corrupt" in str(exc)
     else:
@@ -710,13 +714,3 @@ def test_fuzzed_session_bytes(server12, good_der, data):
         loaded.close()
     assert tlsresume.live_sessions() == before
     assert lib.ERR_peek_error() == 0
-
-
-_FUZZ_CTX = {}
-
-
-def _fuzz_ctx(server):
-    if server.port not in _FUZZ_CTX:
-        _FUZZ_CTX[server.port] = tlsresume.ClientContext(
-            cafile=server.cafile)
-    return _FUZZ_CTX[server.port]
