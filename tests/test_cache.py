@@ -8,7 +8,6 @@ Time is a fake clock; nothing here sleeps.
 import collections
 import gc
 import itertools
-import os
 import random
 import threading
 
@@ -26,6 +25,7 @@ from hypothesis.stateful import (
 import tlsresume
 from tlsresume import PeerKey, Session, SessionCache, SessionError, lib
 from tlsresume.cache import TLS13_MAX_LIFETIME
+from tlsresume.cachebench import _real_session, _rss
 from tlsresume.testing import local_server
 
 
@@ -40,14 +40,8 @@ class FakeClock:
 
 
 def _handshake(**options):
-    with local_server(**options) as srv:
-        ctx = tlsresume.ClientContext(cafile=srv.cafile)
-        conn = ctx.connect("127.0.0.1", srv.port)
-        conn.read()
-        conn.close()
-        ctx.close()
-    session = conn.session
-    assert session is not None and session.is_resumable
+    session = _real_session(**options)
+    assert session.is_resumable
     return session
 
 
@@ -556,11 +550,6 @@ def test_eight_threads_hundred_thousand_operations(bases):
 
 
 # Memory ----------------------------------------------------------------
-
-def _rss():
-    with open(f"/proc/{os.getpid()}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
 
 @pytest.mark.slow
 def test_a_million_puts_stay_bounded(bases):

@@ -34,11 +34,12 @@ from .session import Session
 TARGET_NS = 1000
 
 
-def _real_session():
-    """One resumable TLS 1.3 session from a loopback handshake."""
+def _real_session(**options):
+    """One resumable session from a loopback handshake with a
+    :func:`~tlsresume.testing.local_server` started with ``options``."""
     from .testing import local_server
 
-    with local_server(maximum_version="1.3") as srv:
+    with local_server(**options) as srv:
         ctx = ClientContext(cafile=srv.cafile)
         try:
             conn = ctx.connect(srv.host, srv.port)
@@ -172,7 +173,7 @@ def measure(threads=(1, 2, 8), ops=50_000, batch=1000, peers=256,
     caller owns the returned list; the sessions made along the way are
     all freed.
     """
-    session = _real_session()
+    session = _real_session(maximum_version="1.3")
     try:
         der = session.to_der()
     finally:
