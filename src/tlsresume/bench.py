@@ -1054,14 +1054,19 @@ def _numeric(text):
     return bool(re.match(r"^[\d,.]+( |$)", text))
 
 
-def plot(report, path):
-    """Bar charts of the medians, with min-max error bars."""
+def _matplotlib():
+    """The matplotlib module; BenchError when it is not installed."""
     try:
         import matplotlib
     except ImportError:
         raise BenchError("--plot needs matplotlib: pip install "
                          "'tlsresume[plot]'") from None
-    matplotlib.use("Agg")
+    return matplotlib
+
+
+def plot(report, path):
+    """Bar charts of the medians, with min-max error bars."""
+    _matplotlib().use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in report["rows"] if r["conn_per_s"]]
@@ -1245,11 +1250,7 @@ def run(args):
 
 def _run(args, rounds, duration):
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise BenchError("--plot needs matplotlib: pip install "
-                             "'tlsresume[plot]'") from None
+        _matplotlib()  # before the run, not after it
     workdir = tempfile.mkdtemp(prefix="tlsresume-bench-")
     try:
         return _run_in(args, rounds, duration, workdir)
