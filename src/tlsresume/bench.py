@@ -48,8 +48,9 @@ from ._binding import ffi, lib, openssl_version
 from . import cachebench
 from ._io import io_error, open_socket
 from .cache import SessionCache
-from .client import ClientContext, tls_version
+from .client import ClientContext
 from .errors import check
+from .example import _configure as example_configure
 from .session import Session
 
 CLIENTS = ("tlsresume", "tlsresume-lowlevel", "stdlib", "pyopenssl",
@@ -383,15 +384,8 @@ class _LowLevelSetup:
         self._states_lock = threading.Lock()
         ctx = check(lib.SSL_CTX_new(lib.TLS_client_method()), "SSL_CTX_new")
         self._ctx = ffi.gc(ctx, lib.SSL_CTX_free)
-        version = tls_version(tls)
-        check(lib.SSL_CTX_set_min_proto_version(ctx, version),
-              "SSL_CTX_set_min_proto_version")
-        check(lib.SSL_CTX_set_max_proto_version(ctx, version),
-              "SSL_CTX_set_max_proto_version")
-        lib.SSL_CTX_set_verify(ctx, lib.SSL_VERIFY_PEER, ffi.NULL)
-        check(lib.SSL_CTX_load_verify_locations(
-            ctx, os.fsencode(target.cafile), ffi.NULL),
-            "SSL_CTX_load_verify_locations")
+        # Exactly this version, verifying against the CA: as the example.
+        example_configure(ctx, tls, target.cafile, verify=True)
         # The TLS 1.3 fix, as in tlsresume.example: sessions come from the
         # new-session callback, which also sees tickets sent after the
         # handshake.
