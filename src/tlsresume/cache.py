@@ -193,7 +193,12 @@ class SessionCache:
         try:
             peers = self._peers
             entry = peers.get(slot)
-            if entry is not None:
+            if entry is None:
+                peers[slot] = [(deadline, session, tls13)]
+                if len(peers) > self._max_entries:
+                    dropped = peers.popitem(last=False)[1]
+                    self._evictions += len(dropped)
+            else:
                 for item in entry:
                     if item[1] is session:
                         # Already held: filing it twice would hand one
@@ -201,23 +206,17 @@ class SessionCache:
                         # it stays filed.
                         self._refused += 1
                         return False
-            if entry is None:
-                peers[slot] = [(deadline, session, tls13)]
-                if len(peers) > self._max_entries:
-                    dropped = peers.popitem(last=False)[1]
+                peers.move_to_end(slot)
+                if tls13 and entry[0][2]:
+                    entry.insert(0, (deadline, session, tls13))
+                    if len(entry) > self._tickets:
+                        dropped = (entry.pop(),)
+                        self._evictions += 1
+                else:
+                    # One TLS 1.2 session per peer, and no mixing kinds.
+                    dropped = entry[:]
+                    entry[:] = [(deadline, session, tls13)]
                     self._evictions += len(dropped)
-            elif tls13 and entry[0][2]:
-                peers.move_to_end(slot)
-                entry.insert(0, (deadline, session, tls13))
-                if len(entry) > self._tickets:
-                    dropped = (entry.pop(),)
-                    self._evictions += 1
-            else:
-                # One TLS 1.2 session per peer, and no mixing kinds.
-                peers.move_to_end(slot)
-                dropped = entry[:]
-                entry[:] = [(deadline, session, tls13)]
-                self._evictions += len(dropped)
             self._stores += 1
         finally:
             self._release()
