@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 import tlsresume
-from tlsresume import bench
+from tlsresume import testing
 
 
 def pytest_report_header(config):
@@ -18,14 +18,14 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory):
     """A CA and an RSA-2048 certificate for localhost and 127.0.0.1."""
-    return bench.make_certificates(str(tmp_path_factory.mktemp("certs")),
+    return testing.make_certificates(str(tmp_path_factory.mktemp("certs")),
                                    "localhost", "127.0.0.1", "::1")
 
 
 @pytest.fixture(scope="session")
 def other_certs(tmp_path_factory):
     """Another CA and a certificate for a name that is not localhost."""
-    return bench.make_certificates(
+    return testing.make_certificates(
         str(tmp_path_factory.mktemp("other-certs")), "not-localhost.example")
 
 
@@ -61,15 +61,15 @@ def s_server(certs, tmp_path):
         options += list(extra)
         log = tmp_path / f"s_server-{len(started)}.log"
         try:
-            proc, port = bench.start_s_server(options, str(log))
-        except bench.BenchError as exc:
+            proc, port = testing.start_s_server(options, str(log))
+        except testing.ToolError as exc:
             pytest.fail(str(exc))
         started.append(proc)
         return SServer("127.0.0.1", port, cert.cafile, proc)
 
     yield start
     for proc in started:
-        bench.stop_s_server(proc)
+        testing.stop_s_server(proc)
 
 
 @pytest.fixture

@@ -52,6 +52,13 @@ from .client import ClientContext
 from .errors import check
 from .example import _configure as example_configure
 from .session import Session
+from .testing import (
+    ToolError,
+    make_certificates,
+    openssl_command,
+    start_s_server,
+    stop_s_server,
+)
 
 CLIENTS = ("tlsresume", "tlsresume-lowlevel", "stdlib", "pyopenssl",
            "c-reference")
@@ -71,79 +78,7 @@ class BenchError(Exception):
     """The bench cannot run as asked; the message says why."""
 
 
-# Certificates and servers ----------------------------------------------
-
-@dataclass
-class Certificates:
-    cafile: str
-    certfile: str
-    keyfile: str
-    ca: object = None  # the trustme.CA that issued the certificate
-
-
-def make_certificates(directory, *names):
-    """A trustme CA and an RSA-2048 certificate it issued for ``names``
-    (default: localhost and 127.0.0.1), written to ``directory`` as
-    ca.pem, cert.pem (the chain) and key.pem."""
-    import trustme
-
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    cert = ca.issue_cert(*(names or (SERVER_NAME, HOST)),
-                         key_type=trustme.KeyType.RSA)
-    files = Certificates(os.path.join(directory, "ca.pem"),
-                         os.path.join(directory, "cert.pem"),
-                         os.path.join(directory, "key.pem"), ca)
-    ca.cert_pem.write_to_path(files.cafile)
-    with open(files.certfile, "wb") as f:
-        for pem in cert.cert_chain_pems:
-            f.write(pem.bytes())
-    cert.private_key_pem.write_to_path(files.keyfile)
-    return files
-
-
-def openssl_command():
-    """The path of the ``openssl`` command; BenchError without one."""
-    exe = shutil.which("openssl")
-    if exe is None:
-        raise BenchError("the openssl command is needed for s_server "
-                         "(Debian: apt-get install openssl)")
-    return exe
-
-
-def start_s_server(options, log_path, host=HOST):
-    """Start ``openssl s_server -accept HOST:0 OPTIONS``; wait until it
-    listens and return ``(process, port)``.
-
-    Its output goes to ``log_path``, a file: a pipe nobody reads would
-    fill up and stall the server.  Raises BenchError, with the command
-    and the log, when it does not start.
-    """
-    args = [openssl_command(), "s_server", "-accept", f"{host}:0",
-            *options]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=log,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        with open(log_path, "rb") as f:
-            text = f.read().decode("latin-1")
-        match = re.search(r"ACCEPT .*:(\d+)", text)
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None or time.monotonic() >= deadline:
-            break
-        time.sleep(0.02)
-    stop_s_server(proc)
-    raise BenchError(f"openssl s_server did not start: {' '.join(args)}\n"
-                     + text.strip())
-
-
-def stop_s_server(proc):
-    """Kill an s_server from :func:`start_s_server` and wait for it."""
-    proc.kill()
-    proc.wait()
-    proc.stdin.close()
-
+# Servers -----------------------------------------------------------------
 
 class OpenSSLServer:
     """``openssl s_server -www`` on a free loopback port.
@@ -1237,7 +1172,7 @@ def run(args):
         return 1
     try:
         return _run(args, rounds, duration)
-    except BenchError as exc:
+    except (BenchError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -14,6 +14,7 @@ import tempfile
 import threading
 
 from ._binding import ffi, lib
+from ._certs import make_certificates
 from ._io import io_error, set_timeouts
 from .client import tls_version
 from .errors import TLSError, check, drain_errors
@@ -81,27 +82,16 @@ class Server:
             raise
 
     def _make_certificate(self, key_type):
-        import trustme
-
-        kinds = {"rsa": trustme.KeyType.RSA, "ecdsa": trustme.KeyType.ECDSA}
-        if key_type not in kinds:
-            raise ValueError(f"key_type must be 'rsa' or 'ecdsa', not "
-                             f"{key_type!r}")
-        ca = trustme.CA(key_type=kinds[key_type])
-        cert = ca.issue_cert("localhost", "127.0.0.1", "::1",
-                             key_type=kinds[key_type])
         self._tmpdir = tempfile.mkdtemp(prefix="tlsresume-server-")
-        self.cafile = os.path.join(self._tmpdir, "ca.pem")
-        certfile = os.path.join(self._tmpdir, "cert.pem")
-        keyfile = os.path.join(self._tmpdir, "key.pem")
-        ca.cert_pem.write_to_path(self.cafile)
-        with open(certfile, "wb") as f:
-            for pem in cert.cert_chain_pems:
-                f.write(pem.bytes())
-        fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(cert.private_key_pem.bytes())
-        return certfile, keyfile
+        try:
+            files = make_certificates(self._tmpdir, "localhost",
+                                      "127.0.0.1", "::1", key_type=key_type)
+        except BaseException:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            raise
+        self.cafile = files.cafile
+        return files.certfile, files.keyfile
 
     def _configure(self, certfile, keyfile, minimum, maximum):
         ctx = self._ctx
