@@ -84,7 +84,7 @@ def test_tls12_new_then_reused(s_server, no_ticket):
         conn = fetch(ctx, srv)
         reused.append(conn.session_reused)
         assert conn.session.protocol == "TLSv1.2"
-        assert len(cache) == 1  # one session per peer, put back each time
+        assert len(cache) == 1  # one session per peer, kept when taken
         ids.add(conn.session.id)
         assert conn.session.has_ticket is not no_ticket
 

@@ -66,17 +66,19 @@ class SessionCache:
 
     Ownership: :meth:`put` takes over the handle it is given, stored or
     not; :meth:`take` hands out a handle the caller then owns (offer it,
-    then close it or put it back).  Every session the cache drops, for
+    then close it).  Every session the cache drops, for
     whatever reason, is closed exactly once, outside the lock.
 
     Thread-safe: every public method takes one private lock, briefly.
     One cache may serve many :class:`~tlsresume.ClientContext` objects
     and threads; their differing settings are kept apart by the key.
 
-    Limits: a TLS 1.2 session is taken out like a ticket and put back by
-    the client once it has resumed, so two connections to one peer at
-    the same moment resume one at a time (the second makes a full
-    handshake).  When a server declines a TLS 1.3 ticket, the peer's
+    A TLS 1.2 session stays in the cache when taken: any number of
+    connections, at once or one after another, may resume it, until it
+    expires or is replaced (the client puts the new session when a
+    server declines the old one) or discarded.
+
+    Limits: when a server declines a TLS 1.3 ticket, the peer's
     other tickets stay; each is tried once, and the fresh tickets from
     the full handshake are offered first.  Expired sessions are not
     looked for in the background; they are dropped when :meth:`take`
@@ -115,9 +117,10 @@ class SessionCache:
         # first; never empty.  Least recently used peer first.  A list of
         # a few items is smaller and quicker than a deque.
         self._peers = collections.OrderedDict()
-        # Sessions held = stores - hits - evictions - expirations -
+        # Sessions held = stores - taken - evictions - expirations -
         # discards, so no separate size is kept.
         self._hits = 0
+        self._taken = 0
         self._misses = 0
         self._stores = 0
         self._evictions = 0
@@ -227,11 +230,13 @@ class SessionCache:
         return True
 
     def take(self, key):
-        """Remove and return the newest live session for ``key``, or None.
+        """Return the newest live session for ``key``, or None.
 
-        The caller owns the returned handle.  Expired sessions met on
-        the way are dropped.  A TLS 1.3 ticket handed out here is never
-        handed out again.
+        The caller owns the returned handle.  A TLS 1.3 ticket is
+        removed: it is never handed out again.  A TLS 1.2 session stays
+        (it may resume any number of connections) and the caller gets a
+        handle of its own on it.  Expired sessions met on the way are
+        dropped.
         """
         slot = ((PeerKey, key.host, key.port, key.digest)
                 if key.__class__ is PeerKey else key)
@@ -244,10 +249,17 @@ class SessionCache:
             entry = peers.get(slot)
             if entry is not None:
                 while entry:
-                    item = entry.pop(0)
+                    item = entry[0]
                     if now < item[0]:
-                        found = item[1]
+                        if item[2]:
+                            found = entry.pop(0)[1]
+                            self._taken += 1
+                        else:
+                            # Under the lock, so no eviction can close
+                            # the session between check and up_ref.
+                            found = item[1]._dup()
                         break
+                    entry.pop(0)
                     if expired is None:
                         expired = []
                     expired.append(item[1])
@@ -333,7 +345,7 @@ class SessionCache:
 
     def _held(self):
         # Every session stored leaves by exactly one of these doors.
-        return (self._stores - self._hits - self._evictions
+        return (self._stores - self._taken - self._evictions
                 - self._expirations - self._discards)
 
     def __len__(self):
@@ -358,8 +370,9 @@ class SessionCache:
 
         ``hits`` and ``misses`` count :meth:`take` calls; ``stores``
         sessions accepted by :meth:`put` and ``refused`` those it
-        closed instead; every session stored is later taken (a hit),
-        evicted (``evictions``: LRU peer, oldest ticket, replaced),
+        closed instead; every session stored is later taken (``taken``:
+        TLS 1.3 tickets handed out), evicted (``evictions``: LRU peer,
+        oldest ticket, replaced),
         expired (``expirations``), discarded (``discards``: by
         :meth:`discard` or :meth:`clear`) or still held.  ``sessions``
         and ``peers`` are the current sizes.
@@ -369,6 +382,7 @@ class SessionCache:
             return {
                 "hits": self._hits,
                 "misses": self._misses,
+                "taken": self._taken,
                 "stores": self._stores,
                 "evictions": self._evictions,
                 "expirations": self._expirations,

@@ -350,21 +350,15 @@ class ClientContext:
                     "configuration that made it")
             offered = session
         elif self.cache is not None:
+            # A TLS 1.3 ticket leaves the cache; a TLS 1.2 session stays
+            # there for other connections, and this is our own handle.
             offered = self.cache.take(key)
             from_cache = offered is not None
-        shared = False
-        if from_cache and offered.protocol_version < lib.TLS1_3_VERSION:
-            # Unlike a TLS 1.3 ticket, a TLS 1.2 session may be offered by
-            # any number of connections: leave one in the cache for those
-            # made meanwhile (other threads), which would otherwise make
-            # full handshakes.
-            self.cache.put(key, offered._dup())
-            shared = True
 
         conn = None
         try:
             conn = Connection(self, key, host, port, timeout)
-            conn._handshake(name, offered, from_cache, shared)
+            conn._handshake(name, offered, from_cache)
         except BaseException:
             if conn is not None:
                 conn._abort()
@@ -402,7 +396,7 @@ class Connection:
         # _abort), anything else a socket object.
         self._sock, self._fd = open_fd(host, port, timeout)
 
-    def _handshake(self, name, offered, from_cache, shared=False):
+    def _handshake(self, name, offered, from_cache):
         encoded = _encode_name(name)
         host = ip = ffi.NULL
         if self.context.verify:
@@ -443,17 +437,17 @@ class Connection:
             # TLS 1.2 resumption keeps the same session, valid for the
             # next connection too.  (A TLS 1.3 ticket is used once.)
             if from_cache:
-                # The cache kept a handle of its own (see connect).
-                self._session = offered
+                self._session = offered  # our own handle (see take)
                 return
             self._session = offered._dup()
         if from_cache:
-            # The SSL holds its own reference; drop the cache's.
+            stale = (not self.session_reused and self._session is None
+                     and offered.protocol_version < lib.TLS1_3_VERSION)
+            # The SSL holds its own reference; drop ours.
             offered.close()
-            if (shared and not self.session_reused
-                    and self._session is None):
-                # Declined, and no new session took the stale one's
-                # place: it must not be offered again.
+            if stale:
+                # A TLS 1.2 session the server declined, and no new one
+                # took its place in the cache: never offer it again.
                 self.context.cache.discard(self.key)
 
     def _raise_handshake_error(self, ssl, ret, step):
