@@ -120,6 +120,22 @@ def _check_name(value, what):
                          "NUL character")
 
 
+def _check_peer(host, port, server_hostname):
+    """Refuse a peer no connection could use; return the server name
+    and its encoding (None for an IP address)."""
+    if (isinstance(port, bool) or not isinstance(port, int)
+            or not 0 < port < 65536):
+        raise ValueError(f"invalid port {port!r}")
+    _check_name(host, "host")
+    if server_hostname is not None:
+        _check_name(server_hostname, "server_hostname")
+    name = server_hostname if server_hostname is not None else host
+    try:
+        return name, _encode_name(name)
+    except UnicodeError as exc:
+        raise ValueError(f"invalid server name {name!r}: {exc}") from None
+
+
 def _encode_name(name):
     try:
         return _NAMES[name]
@@ -294,12 +310,7 @@ class ClientContext:
         """
         # The peer as connect() would take it: anything else makes a key
         # no connection can ever match ('None:443', port '443').
-        _check_name(host, "host")
-        if server_hostname is not None:
-            _check_name(server_hostname, "server_hostname")
-        if (isinstance(port, bool) or not isinstance(port, int)
-                or not 0 < port < 65536):
-            raise ValueError(f"invalid port {port!r}")
+        _check_peer(host, port, server_hostname)
         key = self.peer_key(host, port, server_hostname)
         return Session._from_der(data, key)
 
@@ -316,8 +327,7 @@ class ClientContext:
         """
         if self._ctx is None:
             raise TLSError("connect() on a closed ClientContext")
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"invalid port {port!r}")
+        name, encoded = _check_peer(host, port, server_hostname)
         if timeout is not None:
             if not isinstance(timeout, numbers.Real):
                 raise TypeError("timeout must be a number of seconds or "
@@ -325,14 +335,6 @@ class ClientContext:
             if not 0 < timeout <= _MAX_TIMEOUT:  # NaN fails this too
                 raise ValueError("timeout must be positive and at most "
                                  f"{_MAX_TIMEOUT:g} s, not {timeout!r}")
-        _check_name(host, "host")
-        if server_hostname is not None:
-            _check_name(server_hostname, "server_hostname")
-        name = server_hostname if server_hostname is not None else host
-        try:
-            _encode_name(name)  # remembered for the handshake
-        except UnicodeError as exc:
-            raise ValueError(f"invalid server name {name!r}: {exc}") from None
         key = self.peer_key(host, port, server_hostname)
 
         offered = None
@@ -358,7 +360,7 @@ class ClientContext:
         conn = None
         try:
             conn = Connection(self, key, host, port, timeout)
-            conn._handshake(name, offered, from_cache)
+            conn._handshake(name, encoded, offered, from_cache)
         except BaseException:
             if conn is not None:
                 conn._abort()
@@ -396,8 +398,7 @@ class Connection:
         # _abort), anything else a socket object.
         self._sock, self._fd = open_fd(host, port, timeout)
 
-    def _handshake(self, name, offered, from_cache):
-        encoded = _encode_name(name)
+    def _handshake(self, name, encoded, offered, from_cache):
         host = ip = ffi.NULL
         if self.context.verify:
             if encoded is None:
