@@ -23,13 +23,12 @@ Usage: ``python -m tlsresume.example [HOST] [PORT] [--tls 1.2|1.3]
 """
 
 import argparse
-import socket
 import sys
 import time
 
 from . import _io
 from ._binding import ffi, lib
-from .client import tls_version
+from .client import _check_peer, tls_version
 from .errors import TLSError, check
 from .session import Session
 
@@ -42,10 +41,9 @@ def run(host="localhost", port=4433, *, tls=None, cafile=None, verify=True,
     timing TCP connect plus handshake.  Raises :class:`TLSError` subclasses
     on failure.
     """
-    if isinstance(port, bool) or not isinstance(port, int) \
-            or not 0 < port < 65536:
-        # getaddrinfo takes a port modulo 65536: 70000 would be 4464.
-        raise ValueError(f"invalid port {port!r}: must be 1 to 65535")
+    # As ClientContext.connect() checks them (getaddrinfo would take port
+    # 70000 as 4464; a NUL would cut the name verified short).
+    _, encoded = _check_peer(host, port, None)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"invalid count {count!r}: must be at least 1")
     # The legacy initialisation calls are no-ops since OpenSSL 1.1.0; kept
@@ -86,7 +84,7 @@ def run(host="localhost", port=4433, *, tls=None, cafile=None, verify=True,
             ssl = check(lib.SSL_new(ctx), "SSL_new")
             try:
                 lib.SSL_set_fd(ssl, sock.fileno())
-                _set_peer_name(ssl, host, verify)
+                _set_peer_name(ssl, host, encoded, verify)
                 if saved[0] is not None:
                     saved[0].set_on(ssl)
 
@@ -142,22 +140,17 @@ def _configure(ctx, tls, cafile, verify):
               "SSL_CTX_set_default_verify_paths")
 
 
-def _set_peer_name(ssl, host, verify):
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                         host)
-        is_ip = True
-    except OSError:
-        is_ip = False
-    if not is_ip:
-        lib.SSL_set_tlsext_host_name(ssl, host.encode("idna"))
+def _set_peer_name(ssl, host, encoded, verify):
+    # `encoded` is the IDNA form of a name, None for an IP address.
+    if encoded is not None:
+        lib.SSL_set_tlsext_host_name(ssl, encoded)
     if verify:
-        if is_ip:
+        if encoded is None:
             param = lib.SSL_get0_param(ssl)
             check(lib.X509_VERIFY_PARAM_set1_ip_asc(param, host.encode()),
                   "setting the IP address to verify")
         else:
-            check(lib.SSL_set1_host(ssl, host.encode("idna")),
+            check(lib.SSL_set1_host(ssl, encoded),
                   "setting the host name to verify")
 
 
