@@ -1,8 +1,9 @@
 # Metadata lives in pyproject.toml; this file only wires in the cffi
-# module and ships the bench's C reference client inside the package.
+# module and the cache's C core, and ships the bench's C reference
+# client inside the package.
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 C_CLIENT = os.path.join("csrc", "c_reference_client.c")
@@ -21,4 +22,6 @@ class BuildPy(build_py):
 
 
 setup(cffi_modules=["csrc/build.py:ffibuilder"],
+      ext_modules=[Extension("tlsresume._cachecore",
+                             [os.path.join("csrc", "cachecore.c")])],
       cmdclass={"build_py": BuildPy})

@@ -186,5 +186,4 @@ SSL_SESSION *d2i_SSL_SESSION(SSL_SESSION **, const unsigned char **, long);
 extern const char TLSRESUME_BUILD_VERSION[];
 extern "Python" int _tlsresume_new_session_cb(SSL *, SSL_SESSION *);
 int tlsresume_set_timeouts(int fd, double seconds);
-double tlsresume_session_remaining(const SSL_SESSION *, double now,
-                                   double ttl);
+double tlsresume_session_lifetime(const SSL_SESSION *);

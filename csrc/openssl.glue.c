@@ -50,28 +50,22 @@ int tlsresume_set_timeouts(int fd, double seconds)
     return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
-/* The session cache's look at a session, in one call instead of five.
+/* The session cache's look at a session, in one call instead of four.
  *
  * A session's lifetime is the earliest of its timeout, its ticket
- * lifetime hint (when the server sent one), `ttl` (when above 0) and,
- * for TLS 1.3, 7 days (RFC 8446, 4.6.1), all counted from the session's
- * time.  Given the wall-clock time `now` in seconds since the epoch (0
- * for the current time), returns the seconds left: a positive number
- * for TLS 1.2 and below, the same number negated for TLS 1.3, and 0
- * when the session is expired or cannot be resumed. */
-double tlsresume_session_remaining(const SSL_SESSION *s, double now,
-                                   double ttl)
+ * lifetime hint (when the server sent one) and, for TLS 1.3, 7 days
+ * (RFC 8446, 4.6.1), counted from the session's time.  Returns it in
+ * seconds: positive for TLS 1.2 and below, negated for TLS 1.3, and 0
+ * when the session cannot be resumed.  These facts do not change once
+ * OpenSSL hands the session out, so the cache reads them once. */
+double tlsresume_session_lifetime(const SSL_SESSION *s)
 {
-    double lifetime, age, left;
+    double lifetime;
     unsigned long hint;
     int tls13;
-    struct timeval tv;
 
     if (s == NULL || !SSL_SESSION_is_resumable(s)) {
         return 0;
-    }
-    if (now == 0 && gettimeofday(&tv, NULL) == 0) {
-        now = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
     }
     tls13 = SSL_SESSION_get_protocol_version(s) == TLS1_3_VERSION;
     lifetime = (double)SSL_SESSION_get_timeout(s);
@@ -79,18 +73,11 @@ double tlsresume_session_remaining(const SSL_SESSION *s, double now,
     if (hint > 0 && (double)hint < lifetime) {
         lifetime = (double)hint;
     }
-    if (ttl > 0 && ttl < lifetime) {
-        lifetime = ttl;
-    }
     if (tls13 && lifetime > 7 * 24 * 3600.0) {
         lifetime = 7 * 24 * 3600.0;
     }
-    /* The session's time is in whole seconds, rounded down, so the age
-     * errs on the old side; a session made "in the future" is age 0. */
-    age = now - (double)SSL_SESSION_get_time(s);
-    left = lifetime - (age > 0 ? age : 0);
-    if (!(left > 0)) {
+    if (!(lifetime > 0)) {
         return 0;
     }
-    return tls13 ? -left : left;
+    return tls13 ? -lifetime : lifetime;
 }

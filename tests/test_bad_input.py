@@ -184,7 +184,8 @@ def test_failures_do_not_break_the_context(ctx, certs):
 # Bad arguments ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("port", [0, -1, 65536, 70000, "4433", None, 4.5, True])
+@pytest.mark.parametrize("port", [0, -1, 65536, 70000, "4433", None, 4.5,
+                                  True])
 def test_bad_port(ctx, port):
     with pytest.raises(ValueError, match="port"):
         ctx.connect("localhost", port)

@@ -10,6 +10,7 @@ import gc
 import itertools
 import random
 import threading
+import time
 
 import pytest
 from hypothesis import settings
@@ -92,7 +93,7 @@ def lifetime(session, ttl):
 
 def held(cache):
     """Count what the cache really holds (white box)."""
-    return sum(len(entry) for entry in cache._peers.values())
+    return cache._count()
 
 
 def consistent(stats):
@@ -476,7 +477,7 @@ def test_rejects_bad_settings(bad):
 
 def test_no_public_lock():
     cache = SessionCache()
-    assert not [name for name in vars(cache)
+    assert not [name for name in dir(cache)
                 if "lock" in name.lower() and not name.startswith("_")]
 
 
@@ -630,3 +631,128 @@ def test_the_same_handle_put_twice_is_held_once(bases, kind):
         cache.clear()
         assert session.closed
     got.close()
+
+
+# The C core's edges ------------------------------------------------------
+
+class SlowKey:
+    """A key whose hash and comparison run Python and give up the GIL,
+    so that another thread runs while the cache's lock is held."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __hash__(self):
+        time.sleep(0)
+        return self.n % 3  # collisions: __eq__ runs too
+
+    def __eq__(self, other):
+        time.sleep(0)
+        return isinstance(other, SlowKey) and other.n == self.n
+
+
+def test_keys_that_run_python_under_the_lock(bases):
+    gc.collect()
+    start_live = tlsresume.live_sessions()
+    cache = SessionCache(max_entries=4, clock=FakeClock())
+    keys = [SlowKey(i) for i in range(6)]
+    kinds = list(bases.values())
+    errors = []
+
+    def work(n):
+        rng = random.Random(n)
+        try:
+            for _ in range(2000):
+                key = rng.choice(keys)
+                if rng.random() < 0.5:
+                    cache.put(key, handle(rng.choice(kinds), key))
+                else:
+                    got = cache.take(key)
+                    if got is not None:
+                        got.close()
+                if not consistent(cache.stats()):
+                    errors.append("stats do not add up")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert held(cache) == len(cache) <= 4 * cache.tickets_per_peer
+    cache.clear()
+    assert tlsresume.live_sessions() == start_live
+
+
+def test_a_failing_clock_raises_and_put_still_owns_the_handle(bases):
+    def broken():
+        raise RuntimeError("clock is broken")
+
+    cache = SessionCache(clock=broken)
+    key = peer(0)
+    session = handle(bases["tls13"], key)
+    with pytest.raises(RuntimeError, match="clock is broken"):
+        cache.put(key, session)
+    assert session.closed and len(cache) == 0
+    with pytest.raises(RuntimeError, match="clock is broken"):
+        cache.take(key)
+
+    cache = SessionCache(clock=lambda: "noon")
+    session = handle(bases["tls13"], key)
+    with pytest.raises(TypeError):
+        cache.put(key, session)
+    assert session.closed
+
+
+def test_bad_keys_and_arguments(bases):
+    cache = SessionCache()
+    with pytest.raises(TypeError, match="unhashable"):
+        cache.take([1, 2])
+    with pytest.raises(TypeError, match="unhashable"):
+        cache.discard({})
+    session = handle(bases["tls13"], ("list", 1))
+    session._scope = [1]
+    with pytest.raises(TypeError, match="unhashable"):
+        cache.put([1], session)
+    assert session.closed
+    with pytest.raises(TypeError, match="2 arguments"):
+        cache.put(peer(0))
+    with pytest.raises(TypeError, match="needs a tlsresume.Session"):
+        cache.put(peer(0), "session")
+    with pytest.raises(TypeError):
+        cache._wall = 5
+    assert consistent(cache.stats()) and len(cache) == 0
+
+
+def test_a_dropped_cache_frees_what_it_held(bases):
+    gc.collect()
+    start_live = tlsresume.live_sessions()
+    cache = SessionCache(clock=FakeClock())
+    for i in range(10):
+        key = peer(i)
+        cache.put(key, handle(bases[KINDS[i % 3]], key))
+    assert tlsresume.live_sessions() == start_live + 10
+    # A cycle through the cache, so that only the collector frees it.
+    holder = [cache]
+    cache._wall = holder.__len__
+    del cache, holder
+    assert tlsresume.live_sessions() == start_live + 10
+    gc.collect()
+    assert tlsresume.live_sessions() == start_live
+
+
+def test_facts_are_read_once_per_handle_and_shared_by_copies(bases):
+    key = bases["tls12-ticket"].scope
+    session = bases["tls12-ticket"]._dup()
+    assert session._facts is None
+    cache = SessionCache(clock=FakeClock())
+    assert cache.put(key, session)
+    born, life, tls13 = session._facts
+    assert born == session.time and not tls13
+    assert life == min(session.timeout, session.ticket_lifetime_hint)
+    copy = cache.take(key)
+    assert copy is not session and copy._facts == session._facts
+    copy.close()
+    cache.clear()

@@ -13,14 +13,17 @@ class PeerKey:
     key holds only the host, the port and a digest, never secrets.
     """
 
-    __slots__ = ("host", "port", "digest", "_hash")
+    __slots__ = ("host", "port", "digest", "_hash", "_slot")
 
     def __init__(self, host, port, digest):
         object.__setattr__(self, "host", str(host))
         object.__setattr__(self, "port", int(port))
         object.__setattr__(self, "digest", str(digest))
-        object.__setattr__(self, "_hash",
-                           hash((self.host, self.port, self.digest)))
+        # What SessionCache files the key under: a tuple hashes and
+        # compares in C, and the class in it keeps other keys apart.
+        slot = (PeerKey, self.host, self.port, self.digest)
+        object.__setattr__(self, "_slot", slot)
+        object.__setattr__(self, "_hash", hash(slot))
 
     @classmethod
     def build(cls, host, port, config):

@@ -78,7 +78,8 @@ class Session:
     resuming under other settings.
     """
 
-    __slots__ = ("_ptr", "_ctx", "_scope", "_lock", "__weakref__")
+    __slots__ = ("_ptr", "_ctx", "_scope", "_lock", "_facts",
+                 "__weakref__")
 
     def __new__(cls, *args, **kwargs):
         raise TypeError(
@@ -93,6 +94,7 @@ class Session:
         self = object.__new__(cls)
         self._lock = threading.Lock()
         self._scope = scope
+        self._facts = None
         with _live_lock:
             _live += 1
         self._ptr = ffi.gc(ptr, _free_session)
@@ -227,7 +229,26 @@ class Session:
             ptr = self._ref_locked()
             ctx = (ffi.cast("SSL_CTX *", self._ctx)
                    if self._ctx is not None else None)
-            return Session._wrap(ptr, self._scope, ctx)
+            dup = Session._wrap(ptr, self._scope, ctx)
+        dup._facts = self._facts
+        return dup
+
+    def _read_facts(self):
+        """``(born, lifetime, tls13)`` for the cache, read once; None
+        once closed.
+
+        ``born`` is the session's time (seconds since the epoch),
+        ``lifetime`` the seconds it may be resumed for from then (0: not
+        resumable); see ``tlsresume_session_lifetime`` in csrc.
+        """
+        with self._lock:
+            if self._ptr is None:
+                return None
+            life = lib.tlsresume_session_lifetime(self._ptr)
+            born = lib.SSL_SESSION_get_time(self._ptr)
+        facts = (float(born), abs(life), life < 0)
+        self._facts = facts
+        return facts
 
     def _ref(self):
         """A new reference as a plain pointer, for a C call that takes it.
