@@ -33,6 +33,7 @@ static PyObject *session_type;   /* tlsresume.Session */
 static PyObject *peerkey_type;   /* tlsresume.PeerKey */
 static PyObject *on_mismatch;    /* raises SessionError for put() */
 static PyObject *monotonic;      /* time.monotonic, read directly */
+static int (*session_up_ref)(void *);  /* OpenSSL's SSL_SESSION_up_ref */
 
 static PyObject *s_slot, *s_scope, *s_facts, *s_read_facts, *s_ptr;
 static PyObject *s_dup, *s_close;
@@ -43,6 +44,7 @@ static PyObject *s_dup, *s_close;
 typedef struct {
     double deadline;    /* on the cache's clock */
     PyObject *session;  /* owned */
+    void *ssl_session;  /* the SSL_SESSION the handle holds */
     int tls13;
 } Item;
 
@@ -413,10 +415,11 @@ PyDoc_STRVAR(take_doc,
 "any number of connections) and the caller gets a handle of its own\n"
 "on it.  Expired sessions met on the way are dropped and closed.");
 
+/* take(), and _take_ref() when ``raw``: see their docstrings. */
 static PyObject *
-Core_take(Core *c, PyObject *key)
+take_impl(Core *c, PyObject *key, int raw)
 {
-    PyObject *slot, *found = NULL;
+    PyObject *slot, *found = NULL, *ptr;
     Peer *p, *gone = NULL;
     Item *it;
     Drop drop;
@@ -444,11 +447,26 @@ Core_take(Core *c, PyObject *key)
                     found = it->session;
                     remove_item(p, 0);
                     c->taken++;
-                } else {
+                } else if (!raw) {
                     /* Under the lock, so no eviction can close the
                      * session between the check and the up_ref. */
                     found = PyObject_CallMethodNoArgs(it->session, s_dup);
                     failed = found == NULL;
+                } else if ((ptr = PyObject_GetAttr(it->session,
+                                                   s_ptr)) == NULL) {
+                    failed = 1;
+                } else {
+                    /* Only the cache closes a handle it holds (put()
+                     * took it over), after unfiling it, so it is open;
+                     * checked all the same, as close() clears _ptr
+                     * before it frees, and the GIL is held from here
+                     * to the up_ref. */
+                    Py_DECREF(ptr);
+                    if (ptr != Py_None
+                            && session_up_ref(it->ssl_session) == 1) {
+                        found = PyLong_FromVoidPtr(it->ssl_session);
+                        failed = found == NULL;
+                    }
                 }
                 break;
             }
@@ -486,7 +504,26 @@ Core_take(Core *c, PyObject *key)
     return found;
 }
 
-/* The session's (born, lifetime, tls13), read from OpenSSL once per
+static PyObject *
+Core_take(Core *c, PyObject *key)
+{
+    return take_impl(c, key, 0);
+}
+
+PyDoc_STRVAR(take_ref_doc,
+"_take_ref(key)\n--\n\n"
+"take() for ClientContext.connect(): a TLS 1.2 session comes back as\n"
+"the int address of its SSL_SESSION, with one reference the caller\n"
+"must free, instead of as a new handle.  A TLS 1.3 ticket comes back\n"
+"as its handle, as from take().");
+
+static PyObject *
+Core_take_ref(Core *c, PyObject *key)
+{
+    return take_impl(c, key, 1);
+}
+
+/* The session's (born, lifetime, tls13, address), read from OpenSSL once per
  * handle by Session._read_facts(); None when the handle is closed. */
 static PyObject *
 facts_of(PyObject *session)
@@ -498,7 +535,7 @@ facts_of(PyObject *session)
         facts = PyObject_CallMethodNoArgs(session, s_read_facts);
     }
     if (facts != NULL && facts != Py_None
-            && !(PyTuple_CheckExact(facts) && PyTuple_GET_SIZE(facts) == 3)) {
+            && !(PyTuple_CheckExact(facts) && PyTuple_GET_SIZE(facts) == 4)) {
         Py_DECREF(facts);
         PyErr_SetString(PyExc_TypeError, "bad Session._facts");
         return NULL;
@@ -541,6 +578,7 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     Peer *p, *gone = NULL;
     Drop drop;
     double born, life, wall, now, left;
+    void *address;
     Py_ssize_t i;
     int tls13, same, failed = 0, dup = 0;
 
@@ -576,6 +614,7 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     born = PyFloat_AsDouble(PyTuple_GET_ITEM(facts, 0));
     life = PyFloat_AsDouble(PyTuple_GET_ITEM(facts, 1));
     tls13 = PyObject_IsTrue(PyTuple_GET_ITEM(facts, 2));
+    address = PyLong_AsVoidPtr(PyTuple_GET_ITEM(facts, 3));
     Py_DECREF(facts);
     if (PyErr_Occurred() || tls13 < 0) {
         return NULL;
@@ -670,6 +709,7 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     p->items[0].deadline = now + left;
     Py_INCREF(session);
     p->items[0].session = session;
+    p->items[0].ssl_session = address;
     p->items[0].tls13 = tls13;
     if (p->count > c->tickets) {
         p->count--;
@@ -1021,6 +1061,7 @@ Core_set_wall(Core *c, PyObject *value, void *unused)
 
 static PyMethodDef Core_methods[] = {
     {"take", (PyCFunction)Core_take, METH_O, take_doc},
+    {"_take_ref", (PyCFunction)Core_take_ref, METH_O, take_ref_doc},
     {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, put_doc},
     {"discard", (PyCFunction)Core_discard, METH_O, discard_doc},
     {"clear", (PyCFunction)Core_clear_all, METH_NOARGS, clear_doc},
@@ -1064,19 +1105,32 @@ static PyTypeObject CoreType = {
     .tp_new = Core_new,
 };
 
+static int
+address_arg(PyObject *value, void *out)
+{
+    *(void **)out = PyLong_AsVoidPtr(value);
+    return !PyErr_Occurred();
+}
+
 static PyObject *
 setup(PyObject *module, PyObject *args)
 {
     PyObject *session, *peerkey, *mismatch, *mono;
+    void *up_ref;
 
-    if (!PyArg_ParseTuple(args, "OOOO:_setup", &session, &peerkey,
-                          &mismatch, &mono)) {
+    if (!PyArg_ParseTuple(args, "OOOOO&:_setup", &session, &peerkey,
+                          &mismatch, &mono, address_arg, &up_ref)) {
+        return NULL;
+    }
+    if (up_ref == NULL) {
+        PyErr_SetString(PyExc_ValueError, "_setup: NULL SSL_SESSION_up_ref");
         return NULL;
     }
     if (!PyType_Check(session) || !PyType_Check(peerkey)
             || !PyCallable_Check(mismatch) || !PyCallable_Check(mono)) {
         PyErr_SetString(PyExc_TypeError,
-                        "_setup(Session, PeerKey, on_mismatch, monotonic)");
+                        "_setup(Session, PeerKey, on_mismatch, monotonic, "
+                        "up_ref)");
         return NULL;
     }
     Py_INCREF(session);
@@ -1087,13 +1141,14 @@ setup(PyObject *module, PyObject *args)
     Py_XSETREF(peerkey_type, peerkey);
     Py_XSETREF(on_mismatch, mismatch);
     Py_XSETREF(monotonic, mono);
+    session_up_ref = (int (*)(void *))up_ref;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"_setup", setup, METH_VARARGS,
-     "_setup(Session, PeerKey, on_mismatch, time.monotonic): tell the "
-     "core its types."},
+     "_setup(Session, PeerKey, on_mismatch, time.monotonic, "
+     "address of SSL_SESSION_up_ref): tell the core what it works with."},
     {NULL}
 };
 

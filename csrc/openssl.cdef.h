@@ -12,9 +12,13 @@ typedef ... SSL_CIPHER;
 typedef ... X509;
 typedef ... X509_VERIFY_PARAM;
 typedef ... X509_STORE_CTX;
+typedef ... CRYPTO_EX_DATA;
 typedef ... CRYPTO_EX_new;
 typedef ... CRYPTO_EX_dup;
-typedef ... CRYPTO_EX_free;
+/* Spelled out: an application's callback may run when a session, say,
+ * is freed (the tests use it to see that every SSL_SESSION is). */
+typedef void CRYPTO_EX_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad,
+                            int idx, long argl, void *argp);
 
 /* Versions and errors */
 #define OPENSSL_VERSION_NUMBER ...
@@ -133,6 +137,12 @@ int SSL_SESSION_has_ticket(const SSL_SESSION *);
 const unsigned char *SSL_SESSION_get_id(const SSL_SESSION *, unsigned int *);
 const SSL_CIPHER *SSL_SESSION_get0_cipher(const SSL_SESSION *);
 uint32_t SSL_SESSION_get_max_early_data(const SSL_SESSION *);
+int SSL_SESSION_get_ex_new_index(long, void *, CRYPTO_EX_new *,
+                                 CRYPTO_EX_dup *, CRYPTO_EX_free *);
+int SSL_SESSION_set_ex_data(SSL_SESSION *, int, void *);
+void *SSL_SESSION_get_ex_data(const SSL_SESSION *, int);
+#define CRYPTO_EX_INDEX_SSL_SESSION ...
+int CRYPTO_free_ex_index(int class_index, int idx);
 int i2d_SSL_SESSION(SSL_SESSION *, unsigned char **);
 SSL_SESSION *d2i_SSL_SESSION(SSL_SESSION **, const unsigned char **, long);
 

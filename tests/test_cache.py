@@ -749,8 +749,9 @@ def test_facts_are_read_once_per_handle_and_shared_by_copies(bases):
     assert session._facts is None
     cache = SessionCache(clock=FakeClock())
     assert cache.put(key, session)
-    born, life, tls13 = session._facts
+    born, life, tls13, address = session._facts
     assert born == session.time and not tls13
+    assert address == int(ffi.cast("uintptr_t", session._ptr))
     assert life == min(session.timeout, session.ticket_lifetime_hint)
     copy = cache.take(key)
     assert copy is not session and copy._facts == session._facts

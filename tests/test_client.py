@@ -398,3 +398,99 @@ def test_signals_during_read_neither_end_nor_extend_the_wait(period):
         signal.signal(signal.SIGALRM, old)
     assert fired
     assert 0.9 < elapsed < 2.0
+
+
+@pytest.fixture
+def freed_sessions():
+    """Addresses of the SSL_SESSIONs OpenSSL frees while the test runs.
+
+    OpenSSL calls an ex_data free callback for every session it frees,
+    whether or not data was set, so a reference kept too long shows as
+    a session missing here.
+    """
+    freed = []
+
+    @tlsresume.ffi.callback("CRYPTO_EX_free *")
+    def on_free(parent, ptr, ad, idx, argl, argp):
+        freed.append(int(tlsresume.ffi.cast("uintptr_t", parent)))
+
+    index = tlsresume.lib.SSL_SESSION_get_ex_new_index(
+        0, tlsresume.ffi.NULL, tlsresume.ffi.NULL, tlsresume.ffi.NULL,
+        on_free)
+    assert index >= 0
+    yield freed
+    tlsresume.lib.CRYPTO_free_ex_index(
+        tlsresume.lib.CRYPTO_EX_INDEX_SSL_SESSION, index)
+
+
+def _address(session):
+    return int(tlsresume.ffi.cast("uintptr_t", session._ptr))
+
+
+@pytest.mark.parametrize("ask", [False, True])
+def test_tls12_resumption_from_the_cache_gives_back_every_reference(
+        certs, freed_sessions, ask):
+    # connect() takes a TLS 1.2 session from the cache as a bare
+    # reference; the connection holds it, and makes a handle of it only
+    # when `session` is asked for, before or after close.
+    cache = tlsresume.SessionCache()
+    with local_server(certfile=certs.certfile, keyfile=certs.keyfile,
+                      maximum_version="1.2") as srv:
+        ctx = ClientContext(cafile=certs.cafile, cache=cache)
+        conns = []
+        for _ in range(4):
+            with ctx.connect("127.0.0.1", srv.port,
+                             server_hostname="localhost") as conn:
+                conn.read()
+            conns.append(conn)
+        assert [c.session_reused for c in conns] == [False, True, True,
+                                                     True]
+        key = conns[0].key
+        probe = cache.take(key)
+        cached = _address(probe)
+        probe.close()
+        if ask:
+            handles = [c.session for c in conns[1:]]
+            assert all(_address(h) == cached for h in handles)
+            assert all(h.protocol == "TLSv1.2" and h.is_resumable
+                       for h in handles)
+            # A handle from a resumed connection resumes by itself.
+            with ctx.connect("127.0.0.1", srv.port,
+                             server_hostname="localhost",
+                             session=handles[0]) as again:
+                assert again.session_reused
+            for h in handles:
+                h.close()
+            again.session.close()
+        ctx.close()
+    del conns, conn
+    assert cached not in freed_sessions
+    assert cache.clear() == 1
+    assert cached in freed_sessions
+
+
+def test_a_failed_handshake_gives_back_the_cached_reference(
+        certs, other_certs, freed_sessions):
+    # The session is offered to a server that then fails verification
+    # (another certificate on the same port): the reference taken for
+    # the offer is freed, and the cache forgets the peer.
+    cache = tlsresume.SessionCache()
+    ctx = ClientContext(cafile=certs.cafile, cache=cache,
+                        maximum_version="1.2")
+    with local_server(certfile=certs.certfile,
+                      keyfile=certs.keyfile) as srv:
+        port = srv.port
+        with ctx.connect("127.0.0.1", port,
+                         server_hostname="localhost") as conn:
+            conn.read()
+    probe = cache.take(conn.key)
+    cached = _address(probe)
+    probe.close()
+    del conn
+    with local_server(port=port, certfile=other_certs.certfile,
+                      keyfile=other_certs.keyfile):
+        with pytest.raises(tlsresume.CertificateVerifyError):
+            ctx.connect("127.0.0.1", port, server_hostname="localhost")
+    assert len(cache) == 0
+    assert cached in freed_sessions
+    ctx.close()

@@ -16,6 +16,7 @@ what the methods do.
 import time
 
 from . import _cachecore
+from ._binding import ffi, lib
 from .errors import SessionError
 from .peerkey import PeerKey
 from .session import Session
@@ -34,7 +35,9 @@ def _on_mismatch(key, session):
         "under another peer or configuration")
 
 
-_cachecore._setup(Session, PeerKey, _on_mismatch, time.monotonic)
+_cachecore._setup(
+    Session, PeerKey, _on_mismatch, time.monotonic,
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, "SSL_SESSION_up_ref"))))
 
 
 class SessionCache(_cachecore._Core):

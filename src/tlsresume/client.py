@@ -19,6 +19,7 @@ from .errors import (
     drain_errors,
     raise_openssl,
 )
+from .cache import SessionCache
 from .peerkey import PeerKey
 from .session import Session
 
@@ -98,6 +99,7 @@ _MAX_TIMEOUT = 1e9
 # The most Connection.read() asks OpenSSL for in one call.
 _MAX_READ = 1 << 20
 _RETRY_CODES = (lib.SSL_ERROR_WANT_READ, lib.SSL_ERROR_WANT_WRITE)
+_SESSION_P = ffi.typeof("SSL_SESSION *")
 
 # Server name -> the bytes sent as SNI and checked against the
 # certificate, or None for an IP address.  Connecting again and again to
@@ -352,9 +354,15 @@ class ClientContext:
                     "configuration that made it")
             offered = session
         elif self.cache is not None:
-            # A TLS 1.3 ticket leaves the cache; a TLS 1.2 session stays
-            # there for other connections, and this is our own handle.
-            offered = self.cache.take(key)
+            # A TLS 1.3 ticket leaves the cache, as a handle now ours; a
+            # TLS 1.2 session stays there for other connections, and we
+            # get a reference of our own to it: from SessionCache itself
+            # as an address (a new handle would cost more than the rest
+            # of connect()), from a subclass through its take().
+            cache = self.cache
+            offered = (cache._take_ref(key)
+                       if cache.__class__ is SessionCache
+                       else cache.take(key))
             from_cache = offered is not None
 
         conn = None
@@ -365,12 +373,20 @@ class ClientContext:
             if conn is not None:
                 conn._abort()
             if from_cache:
-                offered.close()
+                _release(offered)
             if self.cache is not None:
                 # Nothing learnt from a failed handshake may be offered.
                 self.cache.discard(key)
             raise
         return conn
+
+
+def _release(offered):
+    """Give back what connect() took from the cache and did not use."""
+    if offered.__class__ is int:
+        lib.SSL_SESSION_free(ffi.cast(_SESSION_P, offered))
+    else:
+        offered.close()
 
 
 class Connection:
@@ -391,6 +407,9 @@ class Connection:
         self._fd = -1
         self._handle = None
         self._session = None
+        # A TLS 1.2 session resumed from the cache, as a reference:
+        # made into a handle only when `session` is asked for.
+        self._kept = None
         self._offered = None
         self._callback_error = None
         self.session_reused = False
@@ -409,7 +428,12 @@ class Connection:
         owned = 0
         if offered is not None:
             self._offered = offered
-            if from_cache:
+            if offered.__class__ is int:
+                # A TLS 1.2 session from the cache: our reference, which
+                # connect() frees if we fail, and the connection
+                # (self._kept) once the handshake is done.
+                session = ffi.cast(_SESSION_P, offered)
+            elif from_cache:
                 # Taken from the cache, the handle is ours alone: nobody
                 # can close it during the call.
                 session = offered._ptr
@@ -437,10 +461,22 @@ class Connection:
                 and info[2] < lib.TLS1_3_VERSION):
             # TLS 1.2 resumption keeps the same session, valid for the
             # next connection too.  (A TLS 1.3 ticket is used once.)
+            if offered.__class__ is int:
+                # Ours from here on; a handle is made if it is asked for.
+                self._kept = ffi.gc(session, lib.SSL_SESSION_free)
+                return
             if from_cache:
                 self._session = offered  # our own handle (see take)
                 return
             self._session = offered._dup()
+        if offered.__class__ is int:
+            lib.SSL_SESSION_free(session)
+            self._offered = None
+            if not self.session_reused and self._session is None:
+                # Declined, and no new session took its place in the
+                # cache: never offer it again.
+                self.context.cache.discard(self.key)
+            return
         if from_cache:
             stale = (not self.session_reused and self._session is None
                      and offered.protocol_version < lib.TLS1_3_VERSION)
@@ -575,6 +611,10 @@ class Connection:
         TLS 1.3 tickets arriving after the handshake are picked up by
         :meth:`read` and :meth:`close`, so ask again after those.
         """
+        if self._session is None and self._kept is not None:
+            lib.SSL_SESSION_up_ref(self._kept)
+            self._session = Session._wrap(
+                ffi.cast(_SESSION_P, self._kept), self.key)
         return self._session
 
     @property

@@ -234,19 +234,22 @@ class Session:
         return dup
 
     def _read_facts(self):
-        """``(born, lifetime, tls13)`` for the cache, read once; None
-        once closed.
+        """``(born, lifetime, tls13, address)`` for the cache, read
+        once; None once closed.
 
         ``born`` is the session's time (seconds since the epoch),
         ``lifetime`` the seconds it may be resumed for from then (0: not
-        resumable); see ``tlsresume_session_lifetime`` in csrc.
+        resumable; see ``tlsresume_session_lifetime`` in csrc), and
+        ``address`` that of the SSL_SESSION, which this handle holds
+        until it is closed.
         """
         with self._lock:
             if self._ptr is None:
                 return None
             life = lib.tlsresume_session_lifetime(self._ptr)
             born = lib.SSL_SESSION_get_time(self._ptr)
-        facts = (float(born), abs(life), life < 0)
+            address = int(ffi.cast("uintptr_t", self._ptr))
+        facts = (float(born), abs(life), life < 0, address)
         self._facts = facts
         return facts
 
