@@ -191,6 +191,16 @@ def test_bad_port(ctx, port):
         ctx.connect("localhost", port)
 
 
+def test_a_remembered_peer_does_not_admit_a_bool_port(ctx):
+    # connect() remembers peers it has checked, by (host, port, name);
+    # True == 1 would find port 1's entry.
+    with pytest.raises(tlsresume.ConnectError):
+        ctx.connect("127.0.0.1", 1, timeout=2)
+    assert ("127.0.0.1", 1, None) in ctx._peers
+    with pytest.raises(ValueError, match="port"):
+        ctx.connect("127.0.0.1", True)
+
+
 @pytest.mark.parametrize("timeout", [0, -1])
 def test_bad_timeout(ctx, timeout):
     with pytest.raises(ValueError, match="timeout"):

@@ -122,6 +122,19 @@ def _check_name(value, what):
                          "NUL character")
 
 
+def _check_timeout(timeout):
+    """Refuse a timeout that is not None or a number of seconds in
+    (0, _MAX_TIMEOUT]."""
+    if timeout is None:
+        return
+    if not isinstance(timeout, numbers.Real):
+        raise TypeError("timeout must be a number of seconds or None, not "
+                        + type(timeout).__name__)
+    if not 0 < timeout <= _MAX_TIMEOUT:  # NaN fails this too
+        raise ValueError("timeout must be positive and at most "
+                         f"{_MAX_TIMEOUT:g} s, not {timeout!r}")
+
+
 def _check_peer(host, port, server_hostname):
     """Refuse a peer no connection could use; return the server name
     and its encoding (None for an IP address)."""
@@ -208,6 +221,9 @@ class ClientContext:
         # the settings above, worth computing once per peer, not per
         # connection.
         self._keys = {}
+        # The same -> (server name, its encoding, PeerKey), for peers
+        # connect() has checked.
+        self._peers = {}
 
     def _configure(self, cafile, certfile, keyfile):
         ctx = self._ctx
@@ -298,6 +314,16 @@ class ClientContext:
             pass
         return key
 
+    def _peer(self, host, port, server_hostname):
+        """Check a peer; return its server name, the name's encoding and
+        its key, remembered for the next connect()."""
+        name, encoded = _check_peer(host, port, server_hostname)
+        key = self.peer_key(host, port, server_hostname)
+        if len(self._peers) >= _NAMES_KEPT:
+            self._peers.clear()
+        self._peers[host, port, server_hostname] = name, encoded, key
+        return name, encoded, key
+
     def load_session(self, data, host, port, server_hostname=None):
         """Rebuild a session from :meth:`Session.to_der` bytes.
 
@@ -329,15 +355,14 @@ class ClientContext:
         """
         if self._ctx is None:
             raise TLSError("connect() on a closed ClientContext")
-        name, encoded = _check_peer(host, port, server_hostname)
-        if timeout is not None:
-            if not isinstance(timeout, numbers.Real):
-                raise TypeError("timeout must be a number of seconds or "
-                                f"None, not {type(timeout).__name__}")
-            if not 0 < timeout <= _MAX_TIMEOUT:  # NaN fails this too
-                raise ValueError("timeout must be positive and at most "
-                                 f"{_MAX_TIMEOUT:g} s, not {timeout!r}")
-        key = self.peer_key(host, port, server_hostname)
+        try:
+            name, encoded, key = self._peers[host, port, server_hostname]
+            if port.__class__ is not int:  # True == 1: check it afresh
+                raise KeyError(port)
+        except (KeyError, TypeError):
+            name, encoded, key = self._peer(host, port, server_hostname)
+        if timeout.__class__ is not float or not 0 < timeout <= _MAX_TIMEOUT:
+            _check_timeout(timeout)
 
         offered = None
         from_cache = False
@@ -395,6 +420,11 @@ class Connection:
     Owns its SSL and socket; :meth:`close` (or ``with``) sends
     close_notify and frees both.  Not for use by several threads at once.
     """
+
+    __slots__ = ("context", "key", "host", "port", "timeout",
+                 "session_reused", "_ssl", "_sock", "_fd", "_handle",
+                 "_session", "_kept", "_offered", "_callback_error",
+                 "__weakref__")
 
     def __init__(self, context, key, host, port, timeout):
         self.context = context
@@ -549,7 +579,8 @@ class Connection:
                 raise TLSError(f"{what} on a closed connection")
             ret = fn(self._ssl, *args)
             interrupted = ret <= 0 and ffi.errno == errno.EINTR
-            self._raise_callback_error()
+            if self._callback_error is not None:
+                self._raise_callback_error()
             if not interrupted or lib.SSL_get_error(
                     self._ssl, ret) not in _RETRY_CODES:
                 break
@@ -569,13 +600,14 @@ class Connection:
 
     def read(self, size=16384):
         """Read up to ``size`` bytes; b"" once the peer has closed."""
-        if not isinstance(size, int):
+        if size.__class__ is not int and not isinstance(size, int):
             raise TypeError(f"size must be an int, not {type(size).__name__}")
         if size <= 0:
             raise ValueError("size must be positive")
-        # SSL_read returns at most one record (16 KiB) a call: a huge
-        # size would only allocate, or overflow the C int.
-        size = min(size, _MAX_READ)
+        if size > _MAX_READ:
+            # SSL_read returns at most one record (16 KiB) a call: a
+            # huge size would only allocate, or overflow the C int.
+            size = _MAX_READ
         buf = ffi.new("char[]", size)
         ret = self._call(lib.SSL_read, "read", buf, size)
         if ret > 0:
@@ -666,9 +698,10 @@ class Connection:
             # the peer's close_notify so tickets in flight reach the
             # new-session callback; the error queue emptied; our own
             # descriptor closed: one C call.
+            timeout = self.timeout
             lib.tlsresume_client_close(
                 ssl, self._fd, own_fd, SSL_EX_INDEX, self._session is None,
-                min(self.timeout or 1.0, 1.0))
+                timeout if timeout is not None and timeout < 1.0 else 1.0)
             if own_fd:
                 self._fd = -1
             self._abort(cleared=True)
