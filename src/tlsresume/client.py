@@ -551,7 +551,11 @@ class Connection:
 
     # The new-session callback lands here (see _callbacks below).
     def _on_new_session(self, session):
-        if not session.is_resumable:
+        # The facts the cache needs, read now: a lifetime of 0 says the
+        # session cannot be resumed, and the copy for the cache shares
+        # them.
+        facts = session._read_facts()
+        if facts is None or not facts[1]:
             session.close()
             return
         self._session = session
