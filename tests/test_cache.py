@@ -745,7 +745,7 @@ def test_a_dropped_cache_frees_what_it_held(bases):
 
 def test_facts_are_read_once_per_handle_and_shared_by_copies(bases):
     key = bases["tls12-ticket"].scope
-    session = bases["tls12-ticket"]._dup()
+    session = handle(bases["tls12-ticket"], key)
     assert session._facts is None
     cache = SessionCache(clock=FakeClock())
     assert cache.put(key, session)
