@@ -757,3 +757,19 @@ def test_facts_are_read_once_per_handle_and_shared_by_copies(bases):
     assert copy is not session and copy._facts == session._facts
     copy.close()
     cache.clear()
+
+
+def test_cachebench_measures_and_frees_what_it_made():
+    from tlsresume import cachebench
+
+    gc.collect()
+    start_live = tlsresume.live_sessions()
+    rows = cachebench.measure(threads=(1, 2), ops=2000, batch=100,
+                              peers=8, memory_sessions=400)
+    assert [row["threads"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["ns_per_op"] > 0 and row["ops_per_sec"] > 0
+        assert row["new_handle_ns"] > 0
+        assert row["cache_bytes_per_session"] > 0
+    gc.collect()
+    assert tlsresume.live_sessions() == start_live

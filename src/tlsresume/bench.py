@@ -924,7 +924,8 @@ def _tables(report, results, cases, clients):
         columns = [("threads", "threads"), ("ns_per_op", "ns per take+put"),
                    ("ops_per_sec", "take+put per s, all threads"),
                    ("bytes_per_session", "bytes per cached session"),
-                   ("cache_bytes_per_session", "of which the cache's own")]
+                   ("cache_bytes_per_session", "of which the cache's own"),
+                   ("new_handle_ns", "ns per take+put, new handles")]
         columns = [(k, t) for k, t in columns
                    if any(k in r for r in report["cache"])]
         rows = [["-" if r.get(k) is None else f"{r[k]:,.0f}"
