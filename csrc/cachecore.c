@@ -563,8 +563,9 @@ PyDoc_STRVAR(put_doc,
 "Store ``session`` for ``key``; True if it was stored.\n\n"
 "The cache owns the handle from now on, whatever happens.  A closed,\n"
 "non-resumable or already expired session is refused (closed, counted\n"
-"in ``stats()['refused']``) and False returned.  A handle the cache\n"
-"already holds is not filed again: False, and it stays held, once.\n"
+"in ``stats()['refused']``) and False returned.  A session the cache\n"
+"already holds for ``key`` is not filed again: False (refused); the\n"
+"held handle stays, once, and another handle on it is closed.\n"
 "``session.scope`` must equal ``key``, else the handle is closed and\n"
 "SessionError raised: a session made under one peer or configuration\n"
 "is never filed under another.");
@@ -686,12 +687,13 @@ put_checked(Core *c, PyObject *key, PyObject *session)
         }
     } else {
         for (i = 0; i < p->count; i++) {
-            if (p->items[i].session == session) {
-                /* Already held: filing it twice would hand one ticket
-                 * out twice, or (TLS 1.2) close it while it stays
-                 * filed. */
+            if (p->items[i].ssl_session == address) {
+                /* Already held, by this handle or another on the same
+                 * SSL_SESSION: filing it twice would hand one ticket out
+                 * twice, or (TLS 1.2) close it while it stays filed.
+                 * Another handle is closed below, as put() owns it. */
                 c->refused++;
-                dup = 1;
+                dup = p->items[i].session == session ? 1 : 2;
                 goto unlock;
             }
         }
@@ -726,6 +728,13 @@ unlock:
     Py_DECREF(slot);
     if (failed) {
         return NULL;
+    }
+    if (dup == 2) {
+        r = PyObject_CallMethodNoArgs(session, s_close);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
     }
     if (dup) {
         Py_RETURN_FALSE;

@@ -209,3 +209,27 @@ def test_a_failed_handshake_drops_what_was_offered(s_server, other_certs):
     assert len(cache.handles) == 1 and cache.handles[0].closed
     assert len(cache) == 0 and cache.take(key) is None
     assert cache.stats()["discards"] == held - 1
+
+
+def test_putting_conn_session_into_the_feeding_cache_holds_it_once():
+    # conn.session is a handle on a ticket the context has already put:
+    # filed again, that ticket would be offered twice.
+    cache = RecordingCache()
+    with Server(maximum_version="1.3") as srv:
+        ctx = ClientContext(cafile=srv.cafile, cache=cache)
+        with ctx.connect("127.0.0.1", srv.port) as conn:
+            conn.read()
+        held = len(cache)
+        assert held >= 1 and conn.session is not None
+        assert cache.put(conn.key, conn.session) is False
+        assert len(cache) == held
+        for _ in range(held):
+            with ctx.connect("127.0.0.1", srv.port) as again:
+                assert again.session_reused
+                again.read()
+        ctx.close()
+    assert len(cache.offered) == held
+    assert len(set(cache.offered)) == held, "a ticket was offered twice"
+    for handle in cache.handles:
+        handle.close()
+    cache.clear()
