@@ -12,12 +12,16 @@
  * holds that peer's sessions newest first; the Peers also form a
  * doubly linked list, least recently used first.
  *
- * Locking: one PyThread lock guards the table.  It is taken without
- * dropping the GIL when free, and with the GIL dropped when another
- * thread holds it (that thread may be waiting for the GIL inside a
- * key's __eq__ or a TLS 1.2 session's _dup()).  Sessions leaving the
- * table are closed only after the lock is released, and nothing that
- * can run Python code is freed while it is held.
+ * Locking: one PyThread lock guards the table.  No Python code runs
+ * while it is held: keys are PeerKeys (their slot tuples) or plain
+ * values, whose hashing is C; handles are exact Sessions, whose slots
+ * are read in C; nothing is freed and no garbage-collected object is
+ * made.  Anything else (closing dropped sessions, making a handle for
+ * take(), a clock) happens before or after.  Python code under the lock
+ * could call back into the cache (a key's __eq__, a finalizer run by a
+ * collection) and wait for the lock forever.  So the lock is never
+ * contended under the GIL; it is taken the way Python's own locks are
+ * all the same, dropping the GIL only if it has to wait.
  *
  * Ownership: the table holds one reference to every Session in it.
  */
@@ -26,6 +30,7 @@
 #include <Python.h>
 #include <pythread.h>
 #include <structmember.h>
+#include <math.h>
 #include <time.h>
 
 /* Set once by _setup(), from tlsresume.cache. */
@@ -34,9 +39,10 @@ static PyObject *peerkey_type;   /* tlsresume.PeerKey */
 static PyObject *on_mismatch;    /* raises SessionError for put() */
 static PyObject *monotonic;      /* time.monotonic, read directly */
 static int (*session_up_ref)(void *);  /* OpenSSL's SSL_SESSION_up_ref */
+static void (*session_free)(void *);   /* and SSL_SESSION_free */
 
 static PyObject *s_slot, *s_scope, *s_facts, *s_read_facts, *s_ptr;
-static PyObject *s_dup, *s_close;
+static PyObject *s_adopt_ref, *s_close;
 
 /* How many dropped sessions fit on the stack before we allocate. */
 #define SMALL_DROP 16
@@ -86,6 +92,7 @@ typedef struct {
     Py_ssize_t max_entries;
     Py_ssize_t tickets;
     double ttl;                /* 0: no limit of the cache's own */
+    int ready;                 /* set up by __init__, once */
     PyObject *clock;           /* monotonic seconds */
     PyObject *wall;            /* None: the system's wall clock */
     PyThread_type_lock lock;
@@ -233,15 +240,59 @@ remove_item(Peer *p, Py_ssize_t i)
     p->items[p->count].session = NULL;
 }
 
-/* The dict key for ``key``: PeerKey's precomputed tuple, else the key. */
+/* A value whose hashing and comparing run no Python code. */
+static int
+plain(PyObject *v, int depth)
+{
+    PyTypeObject *t = Py_TYPE(v);
+    Py_ssize_t i;
+
+    if (v == Py_None || t == &PyUnicode_Type || t == &PyBytes_Type
+            || t == &PyLong_Type || t == &PyBool_Type
+            || t == &PyFloat_Type) {
+        return 1;
+    }
+    if (t != &PyTuple_Type || depth >= 8) {
+        return 0;
+    }
+    for (i = 0; i < PyTuple_GET_SIZE(v); i++) {
+        if (!plain(PyTuple_GET_ITEM(v, i), depth + 1)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The dict key for ``key``: PeerKey's precomputed tuple, or a plain key
+ * itself.  Keys are limited to these so that no Python code (a key's
+ * __hash__ or __eq__) runs while the lock is held: it could call back
+ * into the cache and wait for the lock forever. */
 static PyObject *
 slot_of(PyObject *key)
 {
     if ((PyObject *)Py_TYPE(key) == peerkey_type) {
         return PyObject_GetAttr(key, s_slot);
     }
+    if (!plain(key, 0)) {
+        PyErr_Format(PyExc_TypeError,
+                     "a SessionCache key is a tlsresume.PeerKey or a plain "
+                     "value (str, bytes, int, float, None, or a tuple of "
+                     "them), not %.100s", Py_TYPE(key)->tp_name);
+        return NULL;
+    }
     Py_INCREF(key);
     return key;
+}
+
+static int
+not_ready(Core *c)
+{
+    if (!c->ready) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "SessionCache.__init__ has not run");
+        return 1;
+    }
+    return 0;
 }
 
 static int
@@ -264,10 +315,17 @@ read_clock(PyObject *clock, double *out)
         return -1;
     }
     *out = PyFloat_AsDouble(r);
-    Py_DECREF(r);
     if (*out == -1.0 && PyErr_Occurred()) {
+        Py_DECREF(r);
         return -1;
     }
+    if (!isfinite(*out)) {
+        /* A deadline of NaN or infinity would never, or always, pass. */
+        PyErr_Format(PyExc_ValueError, "a SessionCache clock gave %R", r);
+        Py_DECREF(r);
+        return -1;
+    }
+    Py_DECREF(r);
     return 0;
 }
 
@@ -340,13 +398,15 @@ Core_init(Core *c, PyObject *args, PyObject *kwds)
                                      &clock)) {
         return -1;
     }
-    if (max_entries < 1 || tickets < 1 || !(ttl >= 0)) {
+    if (max_entries < 1 || tickets < 1 || tickets > 256 || !(ttl >= 0)) {
         PyErr_SetString(PyExc_ValueError, "bad cache settings");
         return -1;
     }
-    if (PyDict_GET_SIZE(c->peers) != 0) {
+    if (c->ready) {
+        /* The sizes of arrays already made, and of those being made by
+         * other threads, depend on tickets_per_peer. */
         PyErr_SetString(PyExc_RuntimeError,
-                        "a SessionCache in use cannot be set up again");
+                        "a SessionCache is set up once, when it is made");
         return -1;
     }
     c->max_entries = max_entries;
@@ -355,6 +415,7 @@ Core_init(Core *c, PyObject *args, PyObject *kwds)
     Py_INCREF(clock);
     old = c->clock;
     c->clock = clock;
+    c->ready = 1;
     Py_XDECREF(old);
     return 0;
 }
@@ -415,18 +476,34 @@ PyDoc_STRVAR(take_doc,
 "any number of connections) and the caller gets a handle of its own\n"
 "on it.  Expired sessions met on the way are dropped and closed.");
 
+/* Close ``session``, keeping any exception already set. */
+static void
+close_quietly(PyObject *session)
+{
+    PyObject *type, *value, *tb, *r;
+
+    PyErr_Fetch(&type, &value, &tb);
+    r = PyObject_CallMethodNoArgs(session, s_close);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(session);
+    }
+    Py_XDECREF(r);
+    PyErr_Restore(type, value, tb);
+}
+
 /* take(), and _take_ref() when ``raw``: see their docstrings. */
 static PyObject *
 take_impl(Core *c, PyObject *key, int raw)
 {
-    PyObject *slot, *found = NULL, *ptr;
+    PyObject *slot, *found = NULL, *holder = NULL, *ptr, *r;
     Peer *p, *gone = NULL;
     Item *it;
     Drop drop;
+    void *address = NULL;
     double now;
-    int failed = 0;
+    int failed = 0, live;
 
-    if ((slot = slot_of(key)) == NULL) {
+    if (not_ready(c) || (slot = slot_of(key)) == NULL) {
         return NULL;
     }
     if (read_clock(c->clock, &now) < 0
@@ -442,37 +519,37 @@ take_impl(Core *c, PyObject *key, int raw)
     } else if (p != NULL) {
         while (p->count) {
             it = &p->items[0];
-            if (now < it->deadline) {
+            /* Handles are exact Sessions (put() checks), so reading
+             * _ptr runs no Python code.  A handle someone closed after
+             * put() took it over is dropped like an expired one. */
+            if ((ptr = PyObject_GetAttr(it->session, s_ptr)) == NULL) {
+                failed = 1;
+                break;
+            }
+            Py_DECREF(ptr);  /* the handle keeps it */
+            live = ptr != Py_None;
+            if (live && now < it->deadline) {
                 if (it->tls13) {
                     found = it->session;
                     remove_item(p, 0);
                     c->taken++;
-                } else if (!raw) {
-                    /* Under the lock, so no eviction can close the
-                     * session between the check and the up_ref. */
-                    found = PyObject_CallMethodNoArgs(it->session, s_dup);
-                    failed = found == NULL;
-                } else if ((ptr = PyObject_GetAttr(it->session,
-                                                   s_ptr)) == NULL) {
-                    failed = 1;
-                } else {
-                    /* Only the cache closes a handle it holds (put()
-                     * took it over), after unfiling it, so it is open;
-                     * checked all the same, as close() clears _ptr
-                     * before it frees, and the GIL is held from here
-                     * to the up_ref. */
-                    Py_DECREF(ptr);
-                    if (ptr != Py_None
-                            && session_up_ref(it->ssl_session) == 1) {
-                        found = PyLong_FromVoidPtr(it->ssl_session);
-                        failed = found == NULL;
-                    }
+                } else if (session_up_ref(it->ssl_session) == 1) {
+                    /* The caller's own reference, taken under the lock
+                     * so that no eviction frees the session first; the
+                     * handle is made once the lock is released. */
+                    address = it->ssl_session;
+                    holder = it->session;
+                    Py_INCREF(holder);
                 }
                 break;
             }
             drop.all[drop.n++] = it->session;
             remove_item(p, 0);
-            c->expirations++;
+            if (live) {
+                c->expirations++;
+            } else {
+                c->discards++;
+            }
         }
         if (p->count) {
             lru_touch(c, p);
@@ -483,7 +560,7 @@ take_impl(Core *c, PyObject *key, int raw)
         }
     }
     if (!failed) {
-        if (found) {
+        if (found || address) {
             c->hits++;
         } else {
             c->misses++;
@@ -494,8 +571,26 @@ take_impl(Core *c, PyObject *key, int raw)
     drop_close(&drop);
     Py_XDECREF(gone);
     Py_DECREF(slot);
+    if (!failed && address != NULL) {
+        /* A bare reference (raw), or a handle on it like the held one. */
+        r = PyLong_FromVoidPtr(address);
+        if (r != NULL && !raw) {
+            Py_SETREF(r, PyObject_CallMethodOneArg(holder, s_adopt_ref, r));
+        }
+        if (r == NULL) {
+            session_free(address);
+            failed = 1;
+        }
+        found = r;
+    } else if (failed && address != NULL) {
+        session_free(address);
+    }
+    Py_XDECREF(holder);
     if (failed) {
-        Py_XDECREF(found);
+        if (found != NULL) {
+            close_quietly(found);  /* a ticket no one will get */
+            Py_DECREF(found);
+        }
         return NULL;
     }
     if (found == NULL) {
@@ -676,13 +771,16 @@ put_checked(Core *c, PyObject *key, PyObject *session)
         lru_append(c, p);
         if (PyDict_GET_SIZE(c->peers) > c->max_entries) {
             Peer *old = c->lru;
-            if (unfile(c, old) < 0) {
-                /* Cannot happen for a key that is in the dict; keep the
-                 * new peer and report the error. */
-                failed = 1;
-            } else {
+            if (unfile(c, old) == 0) {
                 gone = old;
                 c->evictions += empty_into(old, &drop);
+            } else {
+                /* Not expected with plain keys; never leave the cache
+                 * above max_entries: the new peer goes again. */
+                failed = 1;
+                if (unfile(c, p) == 0) {
+                    gone = p;
+                }
             }
         }
     } else {
@@ -746,7 +844,6 @@ static PyObject *
 Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *session, *type, *value, *tb, *r;
-    int ok;
 
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError,
@@ -754,16 +851,16 @@ Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     session = args[1];
+    if (not_ready(c)) {
+        return NULL;
+    }
     if ((PyObject *)Py_TYPE(session) != session_type) {
-        ok = PyObject_IsInstance(session, session_type);
-        if (ok <= 0) {
-            if (ok == 0) {
-                PyErr_Format(PyExc_TypeError,
-                             "put() needs a tlsresume.Session, not %s",
-                             Py_TYPE(session)->tp_name);
-            }
-            return NULL;
-        }
+        /* Exactly: reading a Session's slots then runs no Python code,
+         * which take() relies on under the lock. */
+        PyErr_Format(PyExc_TypeError,
+                     "put() needs a tlsresume.Session, not %.100s",
+                     Py_TYPE(session)->tp_name);
+        return NULL;
     }
     if ((r = put_checked(c, args[0], session)) != NULL) {
         return r;
@@ -792,7 +889,7 @@ Core_discard(Core *c, PyObject *key)
     Drop drop;
     int failed = 0;
 
-    if ((slot = slot_of(key)) == NULL) {
+    if (not_ready(c) || (slot = slot_of(key)) == NULL) {
         return NULL;
     }
     lock_core(c);
@@ -854,10 +951,10 @@ PyDoc_STRVAR(clear_doc,
 static PyObject *
 Core_clear_all(Core *c, PyObject *unused)
 {
-    PyObject *fresh = PyDict_New(), *old;
+    PyObject *fresh, *old;
     unsigned long long n;
 
-    if (fresh == NULL) {
+    if (not_ready(c) || (fresh = PyDict_New()) == NULL) {
         return NULL;
     }
     lock_core(c);
@@ -889,7 +986,7 @@ Core_expire(Core *c, PyObject *unused)
     double now;
     int failed = 0;
 
-    if (read_clock(c->clock, &now) < 0) {
+    if (not_ready(c) || read_clock(c->clock, &now) < 0) {
         return NULL;
     }
     dropped = PyList_New(0);
@@ -949,6 +1046,9 @@ Core_len(Core *c)
 {
     unsigned long long n;
 
+    if (not_ready(c)) {
+        return -1;
+    }
     lock_core(c);
     n = held(c);
     unlock_core(c);
@@ -962,10 +1062,10 @@ PyDoc_STRVAR(keys_doc,
 static PyObject *
 Core_keys(Core *c, PyObject *unused)
 {
-    PyObject *out = PyList_New(0);
+    PyObject *out;
     Peer *p;
 
-    if (out == NULL) {
+    if (not_ready(c) || (out = PyList_New(0)) == NULL) {
         return NULL;
     }
     lock_core(c);
@@ -984,6 +1084,9 @@ Core_counters(Core *c, PyObject *unused)
 {
     unsigned long long v[10];
 
+    if (not_ready(c)) {
+        return NULL;
+    }
     lock_core(c);
     v[0] = c->hits;
     v[1] = c->misses;
@@ -1011,6 +1114,9 @@ Core_count(Core *c, PyObject *unused)
     Py_ssize_t n = 0, peers = 0;
     Peer *p;
 
+    if (not_ready(c)) {
+        return NULL;
+    }
     lock_core(c);
     for (p = c->lru; p != NULL; p = p->newer) {
         n += p->count;
@@ -1125,14 +1231,15 @@ static PyObject *
 setup(PyObject *module, PyObject *args)
 {
     PyObject *session, *peerkey, *mismatch, *mono;
-    void *up_ref;
+    void *up_ref, *free_fn;
 
-    if (!PyArg_ParseTuple(args, "OOOOO&:_setup", &session, &peerkey,
-                          &mismatch, &mono, address_arg, &up_ref)) {
+    if (!PyArg_ParseTuple(args, "OOOOO&O&:_setup", &session, &peerkey,
+                          &mismatch, &mono, address_arg, &up_ref,
+                          address_arg, &free_fn)) {
         return NULL;
     }
-    if (up_ref == NULL) {
-        PyErr_SetString(PyExc_ValueError, "_setup: NULL SSL_SESSION_up_ref");
+    if (up_ref == NULL || free_fn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "_setup: a NULL function");
         return NULL;
     }
     if (!PyType_Check(session) || !PyType_Check(peerkey)
@@ -1151,13 +1258,15 @@ setup(PyObject *module, PyObject *args)
     Py_XSETREF(on_mismatch, mismatch);
     Py_XSETREF(monotonic, mono);
     session_up_ref = (int (*)(void *))up_ref;
+    session_free = (void (*)(void *))free_fn;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"_setup", setup, METH_VARARGS,
-     "_setup(Session, PeerKey, on_mismatch, time.monotonic, "
-     "address of SSL_SESSION_up_ref): tell the core what it works with."},
+     "_setup(Session, PeerKey, on_mismatch, time.monotonic, addresses "
+     "of SSL_SESSION_up_ref and SSL_SESSION_free): tell the core what it "
+     "works with."},
     {NULL}
 };
 
@@ -1182,7 +1291,7 @@ PyInit__cachecore(void)
     INTERN(s_facts, "_facts");
     INTERN(s_read_facts, "_read_facts");
     INTERN(s_ptr, "_ptr");
-    INTERN(s_dup, "_dup");
+    INTERN(s_adopt_ref, "_adopt_ref");
     INTERN(s_close, "close");
     if (PyType_Ready(&PeerType) < 0 || PyType_Ready(&CoreType) < 0) {
         return NULL;

@@ -37,7 +37,8 @@ def _on_mismatch(key, session):
 
 _cachecore._setup(
     Session, PeerKey, _on_mismatch, time.monotonic,
-    int(ffi.cast("uintptr_t", ffi.addressof(lib, "SSL_SESSION_up_ref"))))
+    *(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+      for name in ("SSL_SESSION_up_ref", "SSL_SESSION_free")))
 
 
 class SessionCache(_cachecore._Core):
@@ -74,8 +75,11 @@ class SessionCache(_cachecore._Core):
     expires or is replaced (the client puts the new session when a
     server declines the old one) or discarded.
 
-    Keys are :class:`~tlsresume.PeerKey` objects, or any hashable
-    value (the low-level sessions' scopes are tuples).
+    Keys are :class:`~tlsresume.PeerKey` objects or plain values: str,
+    bytes, int, float, None and tuples of them (the low-level sessions'
+    scopes are such tuples).  Others raise TypeError: their ``__hash__``
+    and ``__eq__`` would run under the lock.  Handles must be
+    :class:`~tlsresume.Session` itself.
 
     Limits: when a server declines a TLS 1.3 ticket, the peer's
     other tickets stay; each is tried once, and the fresh tickets from
@@ -96,8 +100,8 @@ class SessionCache(_cachecore._Core):
         if (isinstance(tickets_per_peer, bool)
                 or not isinstance(tickets_per_peer, int)):
             raise TypeError("tickets_per_peer must be an int")
-        if tickets_per_peer < 1:
-            raise ValueError("tickets_per_peer must be at least 1")
+        if not 1 <= tickets_per_peer <= 256:
+            raise ValueError("tickets_per_peer must be 1 to 256")
         if ttl is not None and not ttl > 0:
             raise ValueError("ttl must be positive seconds, or None")
         if not callable(clock):

@@ -100,6 +100,8 @@ _MAX_TIMEOUT = 1e9
 _MAX_READ = 1 << 20
 _RETRY_CODES = (lib.SSL_ERROR_WANT_READ, lib.SSL_ERROR_WANT_WRITE)
 _SESSION_P = ffi.typeof("SSL_SESSION *")
+_SESSION_FREE = lib.SSL_SESSION_free
+_SSL_FREE = lib.SSL_free
 
 # Server name -> the bytes sent as SNI and checked against the
 # certificate, or None for an IP address.  Connecting again and again to
@@ -366,6 +368,7 @@ class ClientContext:
 
         offered = None
         from_cache = False
+        cache = self.cache  # once: another thread may set it meanwhile
         if session is not None:
             if not isinstance(session, Session):
                 raise TypeError("session must be a tlsresume.Session, not "
@@ -378,40 +381,46 @@ class ClientContext:
                     "session is only offered to the peer and "
                     "configuration that made it")
             offered = session
-        elif self.cache is not None:
+        elif cache is not None:
             # A TLS 1.3 ticket leaves the cache, as a handle now ours; a
             # TLS 1.2 session stays there for other connections, and we
             # get a reference of our own to it: from SessionCache itself
             # as an address (a new handle would cost more than the rest
             # of connect()), from a subclass through its take().
-            cache = self.cache
-            offered = (cache._take_ref(key)
-                       if cache.__class__ is SessionCache
-                       else cache.take(key))
+            if cache.__class__ is SessionCache:
+                offered = cache._take_ref(key)
+                if offered.__class__ is int:
+                    # Freed exactly once, however this ends.
+                    offered = ffi.gc(ffi.cast(_SESSION_P, offered),
+                                     _SESSION_FREE)
+            else:
+                offered = cache.take(key)
             from_cache = offered is not None
 
         conn = None
         try:
             conn = Connection(self, key, host, port, timeout)
-            conn._handshake(name, encoded, offered, from_cache)
+            conn._handshake(name, encoded, offered,
+                            cache if from_cache else None)
         except BaseException:
             if conn is not None:
                 conn._abort()
             if from_cache:
                 _release(offered)
-            if self.cache is not None:
+            if cache is not None:
                 # Nothing learnt from a failed handshake may be offered.
-                self.cache.discard(key)
+                cache.discard(key)
             raise
         return conn
 
 
 def _release(offered):
-    """Give back what connect() took from the cache and did not use."""
-    if offered.__class__ is int:
-        lib.SSL_SESSION_free(ffi.cast(_SESSION_P, offered))
-    else:
+    """Give back what connect() took from the cache: a handle, or a
+    reference (a cdata that frees it; releasing twice is harmless)."""
+    if offered.__class__ is Session:
         offered.close()
+    else:
+        ffi.release(offered)
 
 
 class Connection:
@@ -447,7 +456,8 @@ class Connection:
         # _abort), anything else a socket object.
         self._sock, self._fd = open_fd(host, port, timeout)
 
-    def _handshake(self, name, encoded, offered, from_cache):
+    def _handshake(self, name, encoded, offered, cache):
+        # cache: the cache ``offered`` came from, or None.
         host = ip = ffi.NULL
         if self.context.verify:
             if encoded is None:
@@ -456,14 +466,14 @@ class Connection:
                 host = encoded
         session = ffi.NULL
         owned = 0
+        # A TLS 1.2 session from SessionCache: our own reference, as a
+        # cdata that frees it (see connect()).
+        raw = offered is not None and offered.__class__ is not Session
         if offered is not None:
             self._offered = offered
-            if offered.__class__ is int:
-                # A TLS 1.2 session from the cache: our reference, which
-                # connect() frees if we fail, and the connection
-                # (self._kept) once the handshake is done.
-                session = ffi.cast(_SESSION_P, offered)
-            elif from_cache:
+            if raw:
+                session = offered
+            elif cache is not None:
                 # Taken from the cache, the handle is ours alone: nobody
                 # can close it during the call.
                 session = offered._ptr
@@ -481,7 +491,7 @@ class Connection:
             encoded if encoded is not None else ffi.NULL, host, ip,
             session, owned, SSL_EX_INDEX, self._handle, info)
         if ssl != ffi.NULL:
-            self._ssl = ffi.gc(ssl, lib.SSL_free)
+            self._ssl = ffi.gc(ssl, _SSL_FREE)
         if info[3] != 1:
             self._raise_handshake_error(ssl, info[3], info[0])
         if self._callback_error is not None:
@@ -491,23 +501,24 @@ class Connection:
                 and info[2] < lib.TLS1_3_VERSION):
             # TLS 1.2 resumption keeps the same session, valid for the
             # next connection too.  (A TLS 1.3 ticket is used once.)
-            if offered.__class__ is int:
+            if raw:
                 # Ours from here on; a handle is made if it is asked for.
-                self._kept = ffi.gc(session, lib.SSL_SESSION_free)
+                self._kept = offered
                 return
-            if from_cache:
+            if cache is not None:
                 self._session = offered  # our own handle (see take)
                 return
             self._session = offered._dup()
-        if offered.__class__ is int:
-            lib.SSL_SESSION_free(session)
+        if raw:
+            # Not resumed on: the SSL holds its own reference.
             self._offered = None
+            ffi.release(offered)
             if not self.session_reused and self._session is None:
                 # Declined, and no new session took its place in the
                 # cache: never offer it again.
-                self.context.cache.discard(self.key)
+                cache.discard(self.key)
             return
-        if from_cache:
+        if cache is not None:
             stale = (not self.session_reused and self._session is None
                      and offered.protocol_version < lib.TLS1_3_VERSION)
             # The SSL holds its own reference; drop ours.
@@ -515,7 +526,7 @@ class Connection:
             if stale:
                 # A TLS 1.2 session the server declined, and no new one
                 # took its place in the cache: never offer it again.
-                self.context.cache.discard(self.key)
+                cache.discard(self.key)
 
     def _raise_handshake_error(self, ssl, ret, step):
         """Raise what a failed tlsresume_client_handshake calls for."""

@@ -253,6 +253,17 @@ class Session:
         self._facts = facts
         return facts
 
+    def _adopt_ref(self, address):
+        """A handle on ``address``, the SSL_SESSION this handle holds,
+        owning a reference the caller has already taken (the cache's
+        take() does so under its lock)."""
+        ctx = self._ctx
+        if ctx is not None:
+            ctx = ffi.cast("SSL_CTX *", ctx)
+        dup = Session._wrap(ffi.cast(_SESSION_P, address), self._scope, ctx)
+        dup._facts = self._facts
+        return dup
+
     def _ref(self):
         """A new reference as a plain pointer, for a C call that takes it.
 
