@@ -42,6 +42,11 @@ static int (*session_up_ref)(void *);  /* OpenSSL's SSL_SESSION_up_ref */
 static void (*session_free)(void *);   /* and SSL_SESSION_free */
 
 static PyObject *s_slot, *s_scope, *s_facts, *s_read_facts, *s_ptr;
+
+/* Where the __slots__ the core reads live in a Session or a PeerKey:
+ * read directly, as a slot descriptor would, they cost a few
+ * instructions instead of an attribute lookup. */
+static Py_ssize_t off_slot, off_scope, off_facts, off_ptr;
 static PyObject *s_adopt_ref, *s_close;
 
 /* How many dropped sessions fit on the stack before we allocate. */
@@ -240,6 +245,23 @@ remove_item(Peer *p, Py_ssize_t i)
     p->items[p->count].session = NULL;
 }
 
+/* The __slots__ member at ``offset`` of ``obj`` (an exact Session or
+ * PeerKey), as a new reference (``new``) or a borrowed one. */
+static PyObject *
+slot_value(PyObject *obj, Py_ssize_t offset, PyObject *name, int new)
+{
+    PyObject *v = *(PyObject **)((char *)obj + offset);
+
+    if (v == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    if (new) {
+        Py_INCREF(v);
+    }
+    return v;
+}
+
 /* A value whose hashing and comparing run no Python code. */
 static int
 plain(PyObject *v, int depth)
@@ -271,7 +293,7 @@ static PyObject *
 slot_of(PyObject *key)
 {
     if ((PyObject *)Py_TYPE(key) == peerkey_type) {
-        return PyObject_GetAttr(key, s_slot);
+        return slot_value(key, off_slot, s_slot, 1);
     }
     if (!plain(key, 0)) {
         PyErr_Format(PyExc_TypeError,
@@ -522,11 +544,10 @@ take_impl(Core *c, PyObject *key, int raw)
             /* Handles are exact Sessions (put() checks), so reading
              * _ptr runs no Python code.  A handle someone closed after
              * put() took it over is dropped like an expired one. */
-            if ((ptr = PyObject_GetAttr(it->session, s_ptr)) == NULL) {
+            if ((ptr = slot_value(it->session, off_ptr, s_ptr, 0)) == NULL) {
                 failed = 1;
                 break;
             }
-            Py_DECREF(ptr);  /* the handle keeps it */
             live = ptr != Py_None;
             if (live && now < it->deadline) {
                 if (it->tls13) {
@@ -623,13 +644,16 @@ Core_take_ref(Core *c, PyObject *key)
 static PyObject *
 facts_of(PyObject *session)
 {
-    PyObject *facts = PyObject_GetAttr(session, s_facts);
+    PyObject *facts = slot_value(session, off_facts, s_facts, 1);
 
     if (facts == Py_None) {
         Py_DECREF(facts);
         facts = PyObject_CallMethodNoArgs(session, s_read_facts);
     }
-    if (facts != NULL && facts != Py_None
+    if (facts == NULL) {
+        return NULL;
+    }
+    if (facts != Py_None
             && !(PyTuple_CheckExact(facts) && PyTuple_GET_SIZE(facts) == 4)) {
         Py_DECREF(facts);
         PyErr_SetString(PyExc_TypeError, "bad Session._facts");
@@ -678,7 +702,7 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     Py_ssize_t i;
     int tls13, same, failed = 0, dup = 0;
 
-    if ((scope = PyObject_GetAttr(session, s_scope)) == NULL) {
+    if ((scope = slot_value(session, off_scope, s_scope, 1)) == NULL) {
         return NULL;
     }
     same = scope == key ? 1 : PyObject_RichCompareBool(scope, key, Py_EQ);
@@ -693,10 +717,9 @@ put_checked(Core *c, PyObject *key, PyObject *session)
         return NULL;
     }
 
-    if ((ptr = PyObject_GetAttr(session, s_ptr)) == NULL) {
+    if ((ptr = slot_value(session, off_ptr, s_ptr, 0)) == NULL) {
         return NULL;
     }
-    Py_DECREF(ptr);
     if (ptr == Py_None) {
         return refuse(c, session);
     }
@@ -1220,6 +1243,29 @@ static PyTypeObject CoreType = {
     .tp_new = Core_new,
 };
 
+/* The offset of ``type``'s __slots__ member ``name``, or -1. */
+static Py_ssize_t
+member_offset(PyObject *type, PyObject *name)
+{
+    PyObject *descr = PyDict_GetItemWithError(
+        ((PyTypeObject *)type)->tp_dict, name);
+    PyMemberDef *member;
+
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "%R has no slot %R", type, name);
+        }
+        return -1;
+    }
+    member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != T_OBJECT_EX || member->flags & READONLY) {
+        PyErr_Format(PyExc_TypeError, "%R.%U is not a plain slot", type,
+                     name);
+        return -1;
+    }
+    return member->offset;
+}
+
 static int
 address_arg(PyObject *value, void *out)
 {
@@ -1240,6 +1286,16 @@ setup(PyObject *module, PyObject *args)
     }
     if (up_ref == NULL || free_fn == NULL) {
         PyErr_SetString(PyExc_ValueError, "_setup: a NULL function");
+        return NULL;
+    }
+    if (!PyType_Check(session) || !PyType_Check(peerkey)) {
+        PyErr_SetString(PyExc_TypeError, "_setup: Session and PeerKey");
+        return NULL;
+    }
+    if ((off_slot = member_offset(peerkey, s_slot)) < 0
+            || (off_scope = member_offset(session, s_scope)) < 0
+            || (off_facts = member_offset(session, s_facts)) < 0
+            || (off_ptr = member_offset(session, s_ptr)) < 0) {
         return NULL;
     }
     if (!PyType_Check(session) || !PyType_Check(peerkey)
