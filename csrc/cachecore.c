@@ -12,7 +12,7 @@
  * holds that peer's sessions newest first; the Peers also form a
  * doubly linked list, least recently used first.
  *
- * Locking: one PyThread lock guards the table.  No Python code runs
+ * Locking: one mutex guards the table.  No Python code runs
  * while it is held: keys are PeerKeys (their slot tuples) or plain
  * values, whose hashing is C; handles are exact Sessions, whose slots
  * are read in C; nothing is freed and no garbage-collected object is
@@ -28,9 +28,9 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <pythread.h>
 #include <structmember.h>
 #include <math.h>
+#include <pthread.h>
 #include <time.h>
 
 /* Set once by _setup(), from tlsresume.cache. */
@@ -100,7 +100,8 @@ typedef struct {
     int ready;                 /* set up by __init__, once */
     PyObject *clock;           /* monotonic seconds */
     PyObject *wall;            /* None: the system's wall clock */
-    PyThread_type_lock lock;
+    pthread_mutex_t lock;
+    int lock_made;
     unsigned long long hits, misses, taken, stores;
     unsigned long long evictions, expirations, discards, refused;
 } Core;
@@ -158,9 +159,9 @@ drop_close(Drop *d)
 static void
 lock_core(Core *c)
 {
-    if (!PyThread_acquire_lock(c->lock, NOWAIT_LOCK)) {
+    if (pthread_mutex_trylock(&c->lock) != 0) {
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(c->lock, WAIT_LOCK);
+        pthread_mutex_lock(&c->lock);
         Py_END_ALLOW_THREADS
     }
 }
@@ -168,7 +169,7 @@ lock_core(Core *c)
 static void
 unlock_core(Core *c)
 {
-    PyThread_release_lock(c->lock);
+    pthread_mutex_unlock(&c->lock);
 }
 
 static void
@@ -388,7 +389,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (c == NULL) {
         return NULL;
     }
-    c->lock = PyThread_allocate_lock();
+    c->lock_made = pthread_mutex_init(&c->lock, NULL) == 0;
     c->peers = PyDict_New();
     c->max_entries = 1;
     c->tickets = 1;
@@ -396,7 +397,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->clock = Py_None;
     Py_INCREF(Py_None);
     c->wall = Py_None;
-    if (c->lock == NULL || c->peers == NULL) {
+    if (!c->lock_made || c->peers == NULL) {
         Py_DECREF(c);
         return PyErr_NoMemory();
     }
@@ -475,8 +476,8 @@ Core_dealloc(Core *c)
     PyObject_GC_UnTrack(c);
     Core_clear(c);
     Core_release_all(c);
-    if (c->lock) {
-        PyThread_free_lock(c->lock);
+    if (c->lock_made) {
+        pthread_mutex_destroy(&c->lock);
     }
     /* _Core is a static type: a subclass's dealloc drops the reference
      * to its own type after this returns. */
