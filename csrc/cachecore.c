@@ -131,25 +131,31 @@ drop_init(Drop *d, Py_ssize_t need)
     return 0;
 }
 
-/* Close every session in ``d`` and let go of it.  An exception already
- * set is kept; a close() that fails is reported as unraisable. */
+/* Close ``session``.  An exception already set is kept; a close()
+ * that fails is reported as unraisable. */
+static void
+close_quietly(PyObject *session)
+{
+    PyObject *type, *value, *tb, *r;
+
+    PyErr_Fetch(&type, &value, &tb);
+    r = PyObject_CallMethodNoArgs(session, s_close);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(session);
+    }
+    Py_XDECREF(r);
+    PyErr_Restore(type, value, tb);
+}
+
+/* Close every session in ``d`` and let go of it. */
 static void
 drop_close(Drop *d)
 {
-    PyObject *type, *value, *tb, *r;
     Py_ssize_t i;
 
-    if (d->n) {
-        PyErr_Fetch(&type, &value, &tb);
-        for (i = 0; i < d->n; i++) {
-            r = PyObject_CallMethodNoArgs(d->all[i], s_close);
-            if (r == NULL) {
-                PyErr_WriteUnraisable(d->all[i]);
-            }
-            Py_XDECREF(r);
-            Py_DECREF(d->all[i]);
-        }
-        PyErr_Restore(type, value, tb);
+    for (i = 0; i < d->n; i++) {
+        close_quietly(d->all[i]);
+        Py_DECREF(d->all[i]);
     }
     if (d->all != d->small) {
         PyMem_Free(d->all);
@@ -498,21 +504,6 @@ PyDoc_STRVAR(take_doc,
 "is never handed out again.  A TLS 1.2 session stays (it may resume\n"
 "any number of connections) and the caller gets a handle of its own\n"
 "on it.  Expired sessions met on the way are dropped and closed.");
-
-/* Close ``session``, keeping any exception already set. */
-static void
-close_quietly(PyObject *session)
-{
-    PyObject *type, *value, *tb, *r;
-
-    PyErr_Fetch(&type, &value, &tb);
-    r = PyObject_CallMethodNoArgs(session, s_close);
-    if (r == NULL) {
-        PyErr_WriteUnraisable(session);
-    }
-    Py_XDECREF(r);
-    PyErr_Restore(type, value, tb);
-}
 
 /* take(), and _take_ref() when ``raw``: see their docstrings. */
 static PyObject *
@@ -867,7 +858,7 @@ unlock:
 static PyObject *
 Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *session, *type, *value, *tb, *r;
+    PyObject *session, *r;
 
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError,
@@ -886,18 +877,10 @@ Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs)
                      Py_TYPE(session)->tp_name);
         return NULL;
     }
-    if ((r = put_checked(c, args[0], session)) != NULL) {
-        return r;
+    if ((r = put_checked(c, args[0], session)) == NULL) {
+        close_quietly(session);  /* put() owns it, stored or not */
     }
-    /* The cache owns what it is given, stored or not. */
-    PyErr_Fetch(&type, &value, &tb);
-    r = PyObject_CallMethodNoArgs(session, s_close);
-    if (r == NULL) {
-        PyErr_WriteUnraisable(session);
-    }
-    Py_XDECREF(r);
-    PyErr_Restore(type, value, tb);
-    return NULL;
+    return r;
 }
 
 PyDoc_STRVAR(discard_doc,
@@ -1050,12 +1033,7 @@ Core_expire(Core *c, PyObject *unused)
     unlock_core(c);
 
     for (i = 0; i < PyList_GET_SIZE(dropped); i++) {
-        PyObject *r = PyObject_CallMethodNoArgs(
-            PyList_GET_ITEM(dropped, i), s_close);
-        if (r == NULL) {
-            PyErr_WriteUnraisable(PyList_GET_ITEM(dropped, i));
-        }
-        Py_XDECREF(r);
+        close_quietly(PyList_GET_ITEM(dropped, i));
     }
     Py_DECREF(dropped);
     Py_DECREF(emptied);

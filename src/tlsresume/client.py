@@ -510,7 +510,8 @@ class Connection:
                 return
             self._session = offered._dup()
         if raw:
-            # Not resumed on: the SSL holds its own reference.
+            # Declined, or a newer session arrived: our reference goes
+            # back (the SSL holds one of its own).
             self._offered = None
             ffi.release(offered)
             if not self.session_reused and self._session is None:
