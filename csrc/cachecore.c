@@ -7,21 +7,21 @@
  * cache.py) to check its arguments and to document it; take(), put(),
  * discard() and len() run here without a Python frame.
  *
- * Layout: a dict from a peer's slot (PeerKey._slot, a tuple of str and
- * int, so hashing and comparing never run Python code) to a Peer, which
- * holds that peer's sessions newest first; the Peers also form a
- * doubly linked list, least recently used first.
+ * Layout: a dict from a peer's slot (PeerKey._slot, a tuple of the
+ * class, str and int; or a plain key) to a Peer, which holds that peer's
+ * sessions newest first; the Peers also form a doubly linked list,
+ * least recently used first.
  *
- * Locking: one mutex guards the table.  No Python code runs
- * while it is held: keys are PeerKeys (their slot tuples) or plain
- * values, whose hashing is C; handles are exact Sessions, whose slots
- * are read in C; nothing is freed and no garbage-collected object is
- * made.  Anything else (closing dropped sessions, making a handle for
- * take(), a clock) happens before or after.  Python code under the lock
- * could call back into the cache (a key's __eq__, a finalizer run by a
- * collection) and wait for the lock forever.  So the lock is never
- * contended under the GIL; it is taken the way Python's own locks are
- * all the same, dropping the GIL only if it has to wait.
+ * Locking: one mutex guards the table, and no Python code runs while it
+ * is held.  Keys are PeerKeys or plain values, whose hashing and
+ * comparing are C; handles are exact Sessions, whose slots are read in
+ * C; nothing is freed and no garbage-collected object is made.  The
+ * rest (closing dropped sessions, making a handle for take(), reading
+ * a clock) happens before or after.  Python code under the lock could
+ * call back into the cache (a key's __eq__, a finalizer run by a
+ * collection) and wait for the lock forever.  Under the GIL the lock is
+ * thus never contended; it is taken as Python's own locks are all the
+ * same, dropping the GIL only if it has to wait.
  *
  * Ownership: the table holds one reference to every Session in it.
  */
@@ -42,12 +42,12 @@ static int (*session_up_ref)(void *);  /* OpenSSL's SSL_SESSION_up_ref */
 static void (*session_free)(void *);   /* and SSL_SESSION_free */
 
 static PyObject *s_slot, *s_scope, *s_facts, *s_read_facts, *s_ptr;
+static PyObject *s_adopt_ref, *s_close;
 
 /* Where the __slots__ the core reads live in a Session or a PeerKey:
  * read directly, as a slot descriptor would, they cost a few
  * instructions instead of an attribute lookup. */
 static Py_ssize_t off_slot, off_scope, off_facts, off_ptr;
-static PyObject *s_adopt_ref, *s_close;
 
 /* How many dropped sessions fit on the stack before we allocate. */
 #define SMALL_DROP 16
