@@ -8,6 +8,10 @@ the bench, e.g. ``--rounds 3`` or ``--clients tlsresume,c-reference``.
 
 Usage: python benchmarks/run_full.py [BENCH OPTIONS]
 
+The three files are the published figures, and a run replaces them: for
+a trial, pass ``--json``, ``--markdown`` and ``--plot`` with other
+paths (they come after this script's own and win).
+
 Let the machine be otherwise idle: the clients and the server share its
 cores, and anything else running shows up in the figures.
 """

@@ -1107,7 +1107,8 @@ def add_arguments(parser):
                         help="draw a bar chart (needs matplotlib)")
     parser.add_argument("--c-source", metavar="FILE",
                         help="the C reference client's source (default: "
-                        "csrc/c_reference_client.c of the source tree)")
+                        "the copy installed with the package, or "
+                        "csrc/c_reference_client.c in a source tree)")
     parser.add_argument("--plain", action="store_true",
                         help="plain text output, no rich display")
     return parser
