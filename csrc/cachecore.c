@@ -7,23 +7,30 @@
  * cache.py) to check its arguments and to document it; take(), put(),
  * discard() and len() run here without a Python frame.
  *
- * Layout: a dict from a peer's slot (PeerKey._slot, a tuple of the
- * class, str and int; or a plain key) to a Peer, which holds that peer's
- * sessions newest first; the Peers also form a doubly linked list,
- * least recently used first.
+ * Layout: an open-addressing hash table of Peers, each holding one
+ * peer's sessions newest first; the Peers also form a doubly linked
+ * list, least recently used first.  Peers are plain C structs: nothing
+ * of the table can be reached, or changed, from Python.
+ *
+ * Keys: a PeerKey stands for its _slot, a tuple of the PeerKey class,
+ * the host, the port and the digest; any other key must be a plain
+ * value (str, bytes, int, float, bool, None, or a tuple of them).  Keys
+ * are hashed before the lock is taken and compared by same_key(), which
+ * is C through and through (it never asks Python whether b"a" == "a",
+ * which can warn under -b).
  *
  * Locking: one mutex guards the table, and no Python code runs while it
- * is held.  Keys are PeerKeys or plain values, whose hashing and
- * comparing are C; handles are exact Sessions, whose slots are read in
- * C; nothing is freed and no garbage-collected object is made.  The
- * rest (closing dropped sessions, making a handle for take(), reading
- * a clock) happens before or after.  Python code under the lock could
- * call back into the cache (a key's __eq__, a finalizer run by a
- * collection) and wait for the lock forever.  Under the GIL the lock is
- * thus never contended; it is taken as Python's own locks are all the
- * same, dropping the GIL only if it has to wait.
+ * is held: nothing is freed, nothing garbage-collected is made and no
+ * exception is raised under it; failures are noted and raised after.
+ * Closing dropped sessions, making a handle for take() and reading a
+ * clock happen before or after.  Python code under the lock could call
+ * back into the cache (a finalizer run by a collection, say) and wait
+ * for the lock forever.  Under the GIL the lock is thus never
+ * contended; it is taken as Python's own locks are all the same,
+ * dropping the GIL only if it has to wait.
  *
- * Ownership: the table holds one reference to every Session in it.
+ * Ownership: the table holds one reference to every Session in it, and
+ * to every Peer's key.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -42,7 +49,7 @@ static int (*session_up_ref)(void *);  /* OpenSSL's SSL_SESSION_up_ref */
 static void (*session_free)(void *);   /* and SSL_SESSION_free */
 
 static PyObject *s_slot, *s_scope, *s_facts, *s_read_facts, *s_ptr;
-static PyObject *s_adopt_ref, *s_close;
+static PyObject *s_dup_open, *s_close;
 
 /* Where the __slots__ the core reads live in a Session or a PeerKey:
  * read directly, as a slot descriptor would, they cost a few
@@ -60,39 +67,23 @@ typedef struct {
 } Item;
 
 typedef struct Peer {
-    PyObject_HEAD
-    struct Peer *older, *newer;  /* LRU links; the dict owns the Peer */
+    struct Peer *older, *newer;  /* LRU links */
     PyObject *key;               /* owned: what keys() shows */
-    PyObject *slot;              /* owned: the dict key */
+    PyObject *slot;              /* owned: what is compared */
+    Py_hash_t hash;              /* of slot */
     Py_ssize_t count;
     Item *items;                 /* newest first; room for tickets + 1 */
 } Peer;
 
-static void
-Peer_dealloc(Peer *p)
-{
-    Py_ssize_t i;
-
-    for (i = 0; i < p->count; i++) {
-        Py_XDECREF(p->items[i].session);
-    }
-    PyMem_Free(p->items);
-    Py_XDECREF(p->key);
-    Py_XDECREF(p->slot);
-    PyObject_Free(p);
-}
-
-static PyTypeObject PeerType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "tlsresume._cachecore._Peer",
-    .tp_basicsize = sizeof(Peer),
-    .tp_dealloc = (destructor)Peer_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-};
+/* A table entry that once held a Peer: probing goes on past it. */
+#define TOMBSTONE ((Peer *)1)
 
 typedef struct {
     PyObject_HEAD
-    PyObject *peers;           /* dict: slot -> Peer */
+    Peer **table;              /* NULL, TOMBSTONE or a Peer */
+    Py_ssize_t size;           /* a power of two */
+    Py_ssize_t filled;         /* Peers and tombstones */
+    Py_ssize_t npeers;
     Peer *lru, *mru;
     Py_ssize_t max_entries;
     Py_ssize_t tickets;
@@ -106,28 +97,47 @@ typedef struct {
     unsigned long long evictions, expirations, discards, refused;
 } Core;
 
-/* Sessions to close once the lock is released. */
+/* Things to let go of once the lock is released: sessions to close and
+ * Peers to free.  Growing it only allocates memory, which runs no
+ * Python code; a failure is noted in ``nomem`` and raised later. */
 typedef struct {
     PyObject *small[SMALL_DROP];
-    PyObject **all;
+    PyObject **sessions;
     Py_ssize_t n, cap;
+    Peer *peers;               /* linked through ->newer */
+    int nomem;
 } Drop;
 
-static int
-drop_init(Drop *d, Py_ssize_t need)
+static void
+drop_init(Drop *d)
 {
+    d->sessions = d->small;
     d->n = 0;
-    if (need <= SMALL_DROP) {
-        d->all = d->small;
-        d->cap = SMALL_DROP;
-        return 0;
+    d->cap = SMALL_DROP;
+    d->peers = NULL;
+    d->nomem = 0;
+}
+
+/* Keep ``session`` (a reference handed over) for closing later. */
+static int
+drop_session(Drop *d, PyObject *session)
+{
+    PyObject **grown;
+
+    if (d->n == d->cap) {
+        grown = PyMem_Malloc(sizeof(PyObject *) * (size_t)d->cap * 2);
+        if (grown == NULL) {
+            d->nomem = 1;
+            return -1;
+        }
+        memcpy(grown, d->sessions, sizeof(PyObject *) * (size_t)d->n);
+        if (d->sessions != d->small) {
+            PyMem_Free(d->sessions);
+        }
+        d->sessions = grown;
+        d->cap *= 2;
     }
-    d->all = PyMem_New(PyObject *, need);
-    d->cap = need;
-    if (d->all == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    d->sessions[d->n++] = session;
     return 0;
 }
 
@@ -147,19 +157,45 @@ close_quietly(PyObject *session)
     PyErr_Restore(type, value, tb);
 }
 
-/* Close every session in ``d`` and let go of it. */
 static void
-drop_close(Drop *d)
+peer_free(Peer *p)
 {
     Py_ssize_t i;
 
+    for (i = 0; i < p->count; i++) {
+        Py_XDECREF(p->items[i].session);
+    }
+    PyMem_Free(p->items);
+    Py_XDECREF(p->key);
+    Py_XDECREF(p->slot);
+    PyMem_Free(p);
+}
+
+/* Close every session kept in ``d``, free its Peers; with the lock
+ * released.  Returns -1, with MemoryError set, if something could not
+ * be kept under the lock (it was left in the table). */
+static int
+drop_finish(Drop *d)
+{
+    Peer *p, *next;
+    Py_ssize_t i;
+
     for (i = 0; i < d->n; i++) {
-        close_quietly(d->all[i]);
-        Py_DECREF(d->all[i]);
+        close_quietly(d->sessions[i]);
+        Py_DECREF(d->sessions[i]);
     }
-    if (d->all != d->small) {
-        PyMem_Free(d->all);
+    if (d->sessions != d->small) {
+        PyMem_Free(d->sessions);
     }
+    for (p = d->peers; p != NULL; p = next) {
+        next = p->newer;
+        peer_free(p);
+    }
+    if (d->nomem) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
 }
 
 static void
@@ -176,6 +212,196 @@ static void
 unlock_core(Core *c)
 {
     pthread_mutex_unlock(&c->lock);
+}
+
+/* Keys ---------------------------------------------------------------- */
+
+/* A value whose hashing runs no Python code, and that same_key() can
+ * compare. */
+static int
+plain(PyObject *v, int depth)
+{
+    PyTypeObject *t = Py_TYPE(v);
+    Py_ssize_t i;
+
+    if (v == Py_None || t == &PyUnicode_Type || t == &PyBytes_Type
+            || t == &PyLong_Type || t == &PyBool_Type
+            || t == &PyFloat_Type) {
+        return 1;
+    }
+    if (t != &PyTuple_Type || depth >= 8) {
+        return 0;
+    }
+    for (i = 0; i < PyTuple_GET_SIZE(v); i++) {
+        if (!plain(PyTuple_GET_ITEM(v, i), depth + 1)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Whether two slots (plain values, or PeerKey slot tuples) are the
+ * same key: equal values of the same types.  C only: no __eq__, no
+ * warnings. */
+static int
+same_key(PyObject *a, PyObject *b)
+{
+    PyTypeObject *t = Py_TYPE(a);
+    Py_ssize_t i, n;
+
+    if (a == b) {
+        return 1;
+    }
+    if (t != Py_TYPE(b)) {
+        return 0;
+    }
+    if (t == &PyUnicode_Type) {
+        n = PyUnicode_GET_LENGTH(a);
+        return n == PyUnicode_GET_LENGTH(b)
+               && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+               && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b),
+                         (size_t)(n * PyUnicode_KIND(a))) == 0;
+    }
+    if (t == &PyBytes_Type) {
+        n = PyBytes_GET_SIZE(a);
+        return n == PyBytes_GET_SIZE(b)
+               && memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b),
+                         (size_t)n) == 0;
+    }
+    if (t == &PyLong_Type) {
+        /* Two exact ints: C, and it cannot fail. */
+        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;
+    }
+    if (t == &PyFloat_Type) {
+        return PyFloat_AS_DOUBLE(a) == PyFloat_AS_DOUBLE(b);
+    }
+    if (t == &PyTuple_Type) {
+        n = PyTuple_GET_SIZE(a);
+        if (n != PyTuple_GET_SIZE(b)) {
+            return 0;
+        }
+        for (i = 0; i < n; i++) {
+            if (!same_key(PyTuple_GET_ITEM(a, i), PyTuple_GET_ITEM(b, i))) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;  /* None, bools and the PeerKey class: identity, above */
+}
+
+/* The __slots__ member at ``offset`` of ``obj`` (an exact Session or
+ * PeerKey), borrowed; NULL if unset. */
+static PyObject *
+member(PyObject *obj, Py_ssize_t offset)
+{
+    return *(PyObject **)((char *)obj + offset);
+}
+
+/* The slot ``key`` is filed under, a new reference, and its hash. */
+static PyObject *
+slot_of(PyObject *key, Py_hash_t *hash)
+{
+    PyObject *slot = key;
+    Py_ssize_t i;
+
+    if ((PyObject *)Py_TYPE(key) == peerkey_type) {
+        slot = member(key, off_slot);
+        /* Checked each time: object.__setattr__ can change it. */
+        if (slot == NULL || !PyTuple_CheckExact(slot)
+                || PyTuple_GET_SIZE(slot) != 4
+                || PyTuple_GET_ITEM(slot, 0) != peerkey_type) {
+            PyErr_SetString(PyExc_TypeError, "a PeerKey with a bad _slot");
+            return NULL;
+        }
+        for (i = 1; i < 4; i++) {
+            if (!plain(PyTuple_GET_ITEM(slot, i), 1)) {
+                PyErr_SetString(PyExc_TypeError,
+                                "a PeerKey with a bad _slot");
+                return NULL;
+            }
+        }
+    } else if (!plain(key, 0)) {
+        PyErr_Format(PyExc_TypeError,
+                     "a SessionCache key is a tlsresume.PeerKey or a plain "
+                     "value (str, bytes, int, float, None, or a tuple of "
+                     "them), not %.100s", Py_TYPE(key)->tp_name);
+        return NULL;
+    }
+    if ((*hash = PyObject_Hash(slot)) == -1) {
+        return NULL;
+    }
+    Py_INCREF(slot);
+    return slot;
+}
+
+/* The table ------------------------------------------------------------ */
+
+/* Where the Peer for ``slot`` sits, or -1. */
+static Py_ssize_t
+find(Core *c, PyObject *slot, Py_hash_t hash)
+{
+    size_t mask = (size_t)c->size - 1, i = (size_t)hash & mask;
+    Peer *e;
+
+    while ((e = c->table[i]) != NULL) {
+        if (e != TOMBSTONE && e->hash == hash && same_key(e->slot, slot)) {
+            return (Py_ssize_t)i;
+        }
+        i = (i + 1) & mask;
+    }
+    return -1;
+}
+
+static void
+place(Peer **table, Py_ssize_t size, Peer *p)
+{
+    size_t mask = (size_t)size - 1, i = (size_t)p->hash & mask;
+
+    while (table[i] != NULL && table[i] != TOMBSTONE) {
+        i = (i + 1) & mask;
+    }
+    table[i] = p;
+}
+
+/* File ``p``; -1 (nothing set) if the table could not grow. */
+static int
+file_peer(Core *c, Peer *p)
+{
+    Py_ssize_t size = c->size, i;
+    size_t mask = (size_t)size - 1, j = (size_t)p->hash & mask;
+    Peer **table;
+
+    if ((c->filled + 1) * 3 >= size * 2) {
+        /* Rebuilt without tombstones, at most two-thirds full after. */
+        while ((c->npeers + 1) * 3 >= size) {
+            size *= 2;
+        }
+        table = PyMem_Calloc((size_t)size, sizeof(Peer *));
+        if (table == NULL) {
+            return -1;
+        }
+        for (i = 0; i < c->size; i++) {
+            if (c->table[i] != NULL && c->table[i] != TOMBSTONE) {
+                place(table, size, c->table[i]);
+            }
+        }
+        PyMem_Free(c->table);
+        c->table = table;
+        c->size = size;
+        c->filled = c->npeers;
+        mask = (size_t)size - 1;
+        j = (size_t)p->hash & mask;
+    }
+    while (c->table[j] != NULL && c->table[j] != TOMBSTONE) {
+        j = (j + 1) & mask;
+    }
+    if (c->table[j] == NULL) {
+        c->filled++;
+    }
+    c->table[j] = p;
+    c->npeers++;
+    return 0;
 }
 
 static void
@@ -216,30 +442,34 @@ lru_touch(Core *c, Peer *p)
     }
 }
 
-/* Take ``p`` out of the table; the caller gets the dict's reference. */
-static int
-unfile(Core *c, Peer *p)
+/* Take ``p`` out of the table and the list; it goes to ``d`` to be
+ * freed (its sessions must be moved out, or into ``d``, first). */
+static void
+unfile(Core *c, Peer *p, Drop *d)
 {
-    Py_INCREF(p);
-    if (PyDict_DelItem(c->peers, p->slot) < 0) {
-        Py_DECREF(p);  /* still filed: the dict keeps it alive */
-        return -1;
-    }
+    Py_ssize_t i = find(c, p->slot, p->hash);
+
+    c->table[i] = TOMBSTONE;  /* p is filed: i >= 0 */
+    c->npeers--;
     lru_unlink(c, p);
-    return 0;
+    p->newer = d->peers;
+    d->peers = p;
 }
 
-/* Move p's sessions into ``d`` (which has room for them). */
+/* Move p's sessions into ``d``; returns how many moved.  Short of
+ * memory, some stay in p (p->count > 0) and d->nomem is set. */
 static Py_ssize_t
 empty_into(Peer *p, Drop *d)
 {
-    Py_ssize_t i, n = p->count;
+    Py_ssize_t n = 0;
 
-    for (i = 0; i < n; i++) {
-        d->all[d->n++] = p->items[i].session;
-        p->items[i].session = NULL;
+    while (p->count > 0) {
+        if (drop_session(d, p->items[p->count - 1].session) < 0) {
+            break;
+        }
+        p->items[--p->count].session = NULL;
+        n++;
     }
-    p->count = 0;
     return n;
 }
 
@@ -252,66 +482,7 @@ remove_item(Peer *p, Py_ssize_t i)
     p->items[p->count].session = NULL;
 }
 
-/* The __slots__ member at ``offset`` of ``obj`` (an exact Session or
- * PeerKey), as a new reference (``new``) or a borrowed one. */
-static PyObject *
-slot_value(PyObject *obj, Py_ssize_t offset, PyObject *name, int new)
-{
-    PyObject *v = *(PyObject **)((char *)obj + offset);
-
-    if (v == NULL) {
-        PyErr_SetObject(PyExc_AttributeError, name);
-        return NULL;
-    }
-    if (new) {
-        Py_INCREF(v);
-    }
-    return v;
-}
-
-/* A value whose hashing and comparing run no Python code. */
-static int
-plain(PyObject *v, int depth)
-{
-    PyTypeObject *t = Py_TYPE(v);
-    Py_ssize_t i;
-
-    if (v == Py_None || t == &PyUnicode_Type || t == &PyBytes_Type
-            || t == &PyLong_Type || t == &PyBool_Type
-            || t == &PyFloat_Type) {
-        return 1;
-    }
-    if (t != &PyTuple_Type || depth >= 8) {
-        return 0;
-    }
-    for (i = 0; i < PyTuple_GET_SIZE(v); i++) {
-        if (!plain(PyTuple_GET_ITEM(v, i), depth + 1)) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* The dict key for ``key``: PeerKey's precomputed tuple, or a plain key
- * itself.  Keys are limited to these so that no Python code (a key's
- * __hash__ or __eq__) runs while the lock is held: it could call back
- * into the cache and wait for the lock forever. */
-static PyObject *
-slot_of(PyObject *key)
-{
-    if ((PyObject *)Py_TYPE(key) == peerkey_type) {
-        return slot_value(key, off_slot, s_slot, 1);
-    }
-    if (!plain(key, 0)) {
-        PyErr_Format(PyExc_TypeError,
-                     "a SessionCache key is a tlsresume.PeerKey or a plain "
-                     "value (str, bytes, int, float, None, or a tuple of "
-                     "them), not %.100s", Py_TYPE(key)->tp_name);
-        return NULL;
-    }
-    Py_INCREF(key);
-    return key;
-}
+/* Clocks ------------------------------------------------------------- */
 
 static int
 not_ready(Core *c)
@@ -374,36 +545,31 @@ read_wall(Core *c, double *out)
     return 0;
 }
 
-static int
-check_setup(void)
-{
-    if (session_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "tlsresume._cachecore._setup() was not called");
-        return -1;
-    }
-    return 0;
-}
-
 /* _Core ------------------------------------------------------------- */
 
 static PyObject *
 Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    Core *c = (Core *)type->tp_alloc(type, 0);
+    Core *c;
 
-    if (c == NULL) {
+    if (session_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "tlsresume._cachecore._setup() was not called");
+        return NULL;
+    }
+    if ((c = (Core *)type->tp_alloc(type, 0)) == NULL) {
         return NULL;
     }
     c->lock_made = pthread_mutex_init(&c->lock, NULL) == 0;
-    c->peers = PyDict_New();
+    c->size = 8;
+    c->table = PyMem_Calloc((size_t)c->size, sizeof(Peer *));
     c->max_entries = 1;
     c->tickets = 1;
     Py_INCREF(Py_None);
     c->clock = Py_None;
     Py_INCREF(Py_None);
     c->wall = Py_None;
-    if (!c->lock_made || c->peers == NULL) {
+    if (!c->lock_made || c->table == NULL) {
         Py_DECREF(c);
         return PyErr_NoMemory();
     }
@@ -419,9 +585,6 @@ Core_init(Core *c, PyObject *args, PyObject *kwds)
     double ttl;
     PyObject *clock, *old;
 
-    if (check_setup() < 0) {
-        return -1;
-    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "nndO:_Core", names,
                                      &max_entries, &tickets, &ttl,
                                      &clock)) {
@@ -449,18 +612,12 @@ Core_init(Core *c, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static void
-Core_release_all(Core *c)
-{
-    /* Only from dealloc: no other thread can see the cache any more. */
-    Py_CLEAR(c->peers);
-    c->lru = c->mru = NULL;
-}
-
 static int
 Core_traverse(Core *c, visitproc visit, void *arg)
 {
-    Py_VISIT(c->peers);
+    /* The table's keys and sessions cannot lead back to the cache
+     * (plain values, PeerKeys, Sessions), so only the clocks are
+     * visited. */
     Py_VISIT(c->clock);
     Py_VISIT(c->wall);
     return 0;
@@ -478,10 +635,16 @@ static void
 Core_dealloc(Core *c)
 {
     PyTypeObject *type = Py_TYPE(c);
+    Peer *p, *next;
 
     PyObject_GC_UnTrack(c);
     Core_clear(c);
-    Core_release_all(c);
+    /* No other thread can see the cache any more. */
+    for (p = c->lru; p != NULL; p = next) {
+        next = p->newer;
+        peer_free(p);
+    }
+    PyMem_Free(c->table);
     if (c->lock_made) {
         pthread_mutex_destroy(&c->lock);
     }
@@ -510,53 +673,58 @@ static PyObject *
 take_impl(Core *c, PyObject *key, int raw)
 {
     PyObject *slot, *found = NULL, *holder = NULL, *ptr, *r;
-    Peer *p, *gone = NULL;
+    Py_hash_t hash;
+    Py_ssize_t i;
+    Peer *p = NULL;
     Item *it;
     Drop drop;
     void *address = NULL;
     double now;
-    int failed = 0, live;
+    int live, stuck = 0;
 
-    if (not_ready(c) || (slot = slot_of(key)) == NULL) {
+    if (not_ready(c) || (slot = slot_of(key, &hash)) == NULL) {
         return NULL;
     }
-    if (read_clock(c->clock, &now) < 0
-            || drop_init(&drop, c->tickets + 1) < 0) {
+    if (read_clock(c->clock, &now) < 0) {
         Py_DECREF(slot);
         return NULL;
     }
+    drop_init(&drop);
 
     lock_core(c);
-    p = (Peer *)PyDict_GetItemWithError(c->peers, slot);
-    if (p == NULL && PyErr_Occurred()) {
-        failed = 1;
-    } else if (p != NULL) {
+    if ((i = find(c, slot, hash)) >= 0) {
+        p = c->table[i];
         while (p->count) {
             it = &p->items[0];
-            /* Handles are exact Sessions (put() checks), so reading
-             * _ptr runs no Python code.  A handle someone closed after
-             * put() took it over is dropped like an expired one. */
-            if ((ptr = slot_value(it->session, off_ptr, s_ptr, 0)) == NULL) {
-                failed = 1;
-                break;
-            }
-            live = ptr != Py_None;
+            /* Handles are exact Sessions (put() checks), so _ptr is
+             * read in C.  A handle someone closed after put() took it
+             * over is dropped like an expired one. */
+            ptr = member(it->session, off_ptr);
+            live = ptr != NULL && ptr != Py_None;
             if (live && now < it->deadline) {
                 if (it->tls13) {
                     found = it->session;
                     remove_item(p, 0);
                     c->taken++;
-                } else if (session_up_ref(it->ssl_session) == 1) {
+                } else if (raw) {
                     /* The caller's own reference, taken under the lock
-                     * so that no eviction frees the session first; the
-                     * handle is made once the lock is released. */
-                    address = it->ssl_session;
+                     * so that no eviction frees the session first. */
+                    if (session_up_ref(it->ssl_session) == 1) {
+                        address = it->ssl_session;
+                    }
+                } else {
+                    /* A handle of the caller's own is made after the
+                     * lock, by the holder (which may be closed by
+                     * then: see below). */
                     holder = it->session;
                     Py_INCREF(holder);
                 }
                 break;
             }
-            drop.all[drop.n++] = it->session;
+            if (drop_session(&drop, it->session) < 0) {
+                stuck = 1;  /* kept, and MemoryError raised below */
+                break;
+            }
             remove_item(p, 0);
             if (live) {
                 c->expirations++;
@@ -566,14 +734,12 @@ take_impl(Core *c, PyObject *key, int raw)
         }
         if (p->count) {
             lru_touch(c, p);
-        } else if (unfile(c, p) == 0) {
-            gone = p;
         } else {
-            failed = 1;
+            unfile(c, p, &drop);
         }
     }
-    if (!failed) {
-        if (found || address) {
+    if (!stuck) {
+        if (found || address || holder) {
             c->hits++;
         } else {
             c->misses++;
@@ -581,30 +747,36 @@ take_impl(Core *c, PyObject *key, int raw)
     }
     unlock_core(c);
 
-    drop_close(&drop);
-    Py_XDECREF(gone);
     Py_DECREF(slot);
-    if (!failed && address != NULL) {
-        /* A bare reference (raw), or a handle on it like the held one. */
-        r = PyLong_FromVoidPtr(address);
-        if (r != NULL && !raw) {
-            Py_SETREF(r, PyObject_CallMethodOneArg(holder, s_adopt_ref, r));
-        }
-        if (r == NULL) {
-            session_free(address);
-            failed = 1;
-        }
-        found = r;
-    } else if (failed && address != NULL) {
-        session_free(address);
-    }
-    Py_XDECREF(holder);
-    if (failed) {
-        if (found != NULL) {
+    if (drop_finish(&drop) < 0) {
+        if (found) {
             close_quietly(found);  /* a ticket no one will get */
             Py_DECREF(found);
         }
+        Py_XDECREF(holder);
+        if (address) {
+            session_free(address);
+        }
         return NULL;
+    }
+    if (address != NULL) {
+        if ((r = PyLong_FromVoidPtr(address)) == NULL) {
+            session_free(address);
+        }
+        return r;
+    }
+    if (holder != NULL) {
+        /* None if the holder was closed since (evicted by another
+         * thread): then this take found nothing after all. */
+        found = PyObject_CallMethodNoArgs(holder, s_dup_open);
+        Py_DECREF(holder);
+        if (found == Py_None) {
+            lock_core(c);
+            c->hits--;
+            c->misses++;
+            unlock_core(c);
+        }
+        return found;
     }
     if (found == NULL) {
         Py_RETURN_NONE;
@@ -631,16 +803,17 @@ Core_take_ref(Core *c, PyObject *key)
     return take_impl(c, key, 1);
 }
 
-/* The session's (born, lifetime, tls13, address), read from OpenSSL once per
- * handle by Session._read_facts(); None when the handle is closed. */
+/* The session's (born, lifetime, tls13, address), read from OpenSSL
+ * once per handle by Session._read_facts(); None when it is closed. */
 static PyObject *
 facts_of(PyObject *session)
 {
-    PyObject *facts = slot_value(session, off_facts, s_facts, 1);
+    PyObject *facts = member(session, off_facts);
 
-    if (facts == Py_None) {
-        Py_DECREF(facts);
+    if (facts == NULL || facts == Py_None) {
         facts = PyObject_CallMethodNoArgs(session, s_read_facts);
+    } else {
+        Py_INCREF(facts);
     }
     if (facts == NULL) {
         return NULL;
@@ -686,17 +859,20 @@ PyDoc_STRVAR(put_doc,
 static PyObject *
 put_checked(Core *c, PyObject *key, PyObject *session)
 {
-    PyObject *scope, *facts, *ptr, *slot, *r;
-    Peer *p, *gone = NULL;
+    PyObject *scope, *facts, *ptr, *slot, *r, *held_ptr;
+    Py_hash_t hash;
+    Peer *p = NULL, *fresh = NULL;
     Drop drop;
     double born, life, wall, now, left;
     void *address;
     Py_ssize_t i;
-    int tls13, same, failed = 0, dup = 0;
+    int tls13, same, dup = 0, failed = 0;
 
-    if ((scope = slot_value(session, off_scope, s_scope, 1)) == NULL) {
+    if ((scope = member(session, off_scope)) == NULL) {
+        PyErr_SetString(PyExc_TypeError, "an unfinished Session");
         return NULL;
     }
+    Py_INCREF(scope);
     same = scope == key ? 1 : PyObject_RichCompareBool(scope, key, Py_EQ);
     Py_DECREF(scope);
     if (same <= 0) {
@@ -709,10 +885,8 @@ put_checked(Core *c, PyObject *key, PyObject *session)
         return NULL;
     }
 
-    if ((ptr = slot_value(session, off_ptr, s_ptr, 0)) == NULL) {
-        return NULL;
-    }
-    if (ptr == Py_None) {
+    ptr = member(session, off_ptr);
+    if (ptr == NULL || ptr == Py_None) {
         return refuse(c, session);
     }
     if ((facts = facts_of(session)) == NULL) {
@@ -746,78 +920,89 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     if (read_clock(c->clock, &now) < 0) {
         return NULL;
     }
-    if ((slot = slot_of(key)) == NULL) {
+    if ((slot = slot_of(key, &hash)) == NULL) {
         return NULL;
     }
-    if (drop_init(&drop, c->tickets + 1) < 0) {
+    /* A Peer for a new key is made before the lock; unused, it is
+     * freed after. */
+    fresh = PyMem_Malloc(sizeof(Peer));
+    if (fresh != NULL) {
+        fresh->items = PyMem_New(Item, c->tickets + 1);
+        if (fresh->items == NULL) {
+            PyMem_Free(fresh);
+            fresh = NULL;
+        }
+    }
+    if (fresh == NULL) {
         Py_DECREF(slot);
-        return NULL;
+        return PyErr_NoMemory();
     }
+    fresh->older = fresh->newer = NULL;
+    fresh->count = 0;
+    fresh->hash = hash;
+    Py_INCREF(key);
+    fresh->key = key;
+    fresh->slot = slot;  /* our reference */
+    drop_init(&drop);
 
     lock_core(c);
-    p = (Peer *)PyDict_GetItemWithError(c->peers, slot);
-    if (p == NULL) {
-        if (PyErr_Occurred()) {
+    if ((i = find(c, slot, hash)) < 0) {
+        if (file_peer(c, fresh) < 0) {
+            drop.nomem = 1;
             failed = 1;
             goto unlock;
         }
-        p = PyObject_New(Peer, &PeerType);
-        if (p == NULL) {
-            failed = 1;
-            goto unlock;
-        }
-        p->older = p->newer = NULL;
-        p->count = 0;
-        Py_INCREF(key);
-        p->key = key;
-        Py_INCREF(slot);
-        p->slot = slot;
-        p->items = PyMem_New(Item, c->tickets + 1);
-        if (p->items == NULL || PyDict_SetItem(c->peers, slot,
-                                               (PyObject *)p) < 0) {
-            if (p->items == NULL) {
-                PyErr_NoMemory();
-            }
-            Py_DECREF(p);
-            failed = 1;
-            goto unlock;
-        }
-        Py_DECREF(p);  /* the dict's now */
+        p = fresh;
+        fresh = NULL;
         lru_append(c, p);
-        if (PyDict_GET_SIZE(c->peers) > c->max_entries) {
+        if (c->npeers > c->max_entries) {
             Peer *old = c->lru;
-            if (unfile(c, old) == 0) {
-                gone = old;
-                c->evictions += empty_into(old, &drop);
-            } else {
-                /* Not expected with plain keys; never leave the cache
-                 * above max_entries: the new peer goes again. */
+            c->evictions += (unsigned long long)empty_into(old, &drop);
+            if (old->count > 0) {
+                /* Never above max_entries: the new peer goes again. */
+                unfile(c, p, &drop);
                 failed = 1;
-                if (unfile(c, p) == 0) {
-                    gone = p;
-                }
-            }
-        }
-    } else {
-        for (i = 0; i < p->count; i++) {
-            if (p->items[i].ssl_session == address) {
-                /* Already held, by this handle or another on the same
-                 * SSL_SESSION: filing it twice would hand one ticket out
-                 * twice, or (TLS 1.2) close it while it stays filed.
-                 * Another handle is closed below, as put() owns it. */
-                c->refused++;
-                dup = p->items[i].session == session ? 1 : 2;
                 goto unlock;
             }
+            unfile(c, old, &drop);
         }
-        lru_touch(c, p);
+    } else {
+        p = c->table[i];
+        for (i = 0; i < p->count; i++) {
+            if (p->items[i].ssl_session != address) {
+                continue;
+            }
+            held_ptr = member(p->items[i].session, off_ptr);
+            if (held_ptr == NULL || held_ptr == Py_None) {
+                /* Closed by a former owner: its SSL_SESSION may have
+                 * been freed and the address reused.  Not this one. */
+                continue;
+            }
+            /* Already held, by this handle or another on the same
+             * SSL_SESSION: filing it twice would hand one ticket out
+             * twice, or (TLS 1.2) close it while it stays filed.
+             * Another handle is closed below, as put() owns it. */
+            c->refused++;
+            dup = p->items[i].session == session ? 1 : 2;
+            goto unlock;
+        }
         if (!(tls13 && p->count && p->items[0].tls13)) {
             /* One TLS 1.2 session per peer, and no mixing kinds. */
-            c->evictions += empty_into(p, &drop);
+            c->evictions += (unsigned long long)empty_into(p, &drop);
+            if (p->count > 0) {
+                failed = 1;
+                goto unlock;
+            }
+        } else if (p->count == c->tickets) {
+            /* Full: the oldest ticket makes room. */
+            if (drop_session(&drop, p->items[p->count - 1].session) < 0) {
+                failed = 1;
+                goto unlock;
+            }
+            p->items[--p->count].session = NULL;
+            c->evictions++;
         }
-    }
-    if (failed) {
-        goto unlock;
+        lru_touch(c, p);
     }
     memmove(&p->items[1], &p->items[0], (size_t)p->count * sizeof(Item));
     p->count++;
@@ -826,20 +1011,17 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     p->items[0].session = session;
     p->items[0].ssl_session = address;
     p->items[0].tls13 = tls13;
-    if (p->count > c->tickets) {
-        p->count--;
-        drop.all[drop.n++] = p->items[p->count].session;
-        p->items[p->count].session = NULL;
-        c->evictions++;
-    }
     c->stores++;
 unlock:
     unlock_core(c);
 
-    drop_close(&drop);
-    Py_XDECREF(gone);
-    Py_DECREF(slot);
-    if (failed) {
+    if (fresh != NULL) {
+        peer_free(fresh);  /* unused: the key was filed already */
+    }
+    if (drop_finish(&drop) < 0 || failed) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
         return NULL;
     }
     if (dup == 2) {
@@ -870,8 +1052,8 @@ Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if ((PyObject *)Py_TYPE(session) != session_type) {
-        /* Exactly: reading a Session's slots then runs no Python code,
-         * which take() relies on under the lock. */
+        /* Exactly: its slots are then read in C, which take() relies
+         * on under the lock. */
         PyErr_Format(PyExc_TypeError,
                      "put() needs a tlsresume.Session, not %.100s",
                      Py_TYPE(session)->tp_name);
@@ -891,64 +1073,31 @@ static PyObject *
 Core_discard(Core *c, PyObject *key)
 {
     PyObject *slot;
+    Py_hash_t hash;
+    Py_ssize_t i, n = 0;
     Peer *p;
-    Py_ssize_t n = 0;
     Drop drop;
-    int failed = 0;
 
-    if (not_ready(c) || (slot = slot_of(key)) == NULL) {
+    if (not_ready(c) || (slot = slot_of(key, &hash)) == NULL) {
         return NULL;
     }
+    drop_init(&drop);
     lock_core(c);
-    p = (Peer *)PyDict_GetItemWithError(c->peers, slot);
-    if (p == NULL) {
-        failed = PyErr_Occurred() != NULL;
-    } else if (unfile(c, p) < 0) {
-        failed = 1;
-        p = NULL;
-    } else {
-        n = p->count;
-        c->discards += n;
+    if ((i = find(c, slot, hash)) >= 0) {
+        p = c->table[i];
+        n = empty_into(p, &drop);
+        c->discards += (unsigned long long)n;
+        if (p->count == 0) {
+            unfile(c, p, &drop);
+        }  /* else MemoryError below; the rest stays */
     }
     unlock_core(c);
     Py_DECREF(slot);
 
-    if (p != NULL) {
-        /* Unfiled: this thread alone sees p now. */
-        if (drop_init(&drop, p->count) == 0) {
-            empty_into(p, &drop);
-            drop_close(&drop);
-        }
-        Py_DECREF(p);  /* frees what drop_init could not take */
-    }
-    if (failed || PyErr_Occurred()) {
+    if (drop_finish(&drop) < 0) {
         return NULL;
     }
     return PyLong_FromSsize_t(n);
-}
-
-/* Close the sessions of every Peer in ``peers`` (a dict or list, which
- * this thread alone sees) and let go of ``peers``. */
-static void
-close_peers(PyObject *peers)
-{
-    PyObject *values = PyDict_Check(peers) ? PyDict_Values(peers)
-                                           : (Py_INCREF(peers), peers);
-    Py_ssize_t i;
-    Drop drop;
-    Peer *p;
-
-    if (values != NULL) {
-        for (i = 0; i < PyList_GET_SIZE(values); i++) {
-            p = (Peer *)PyList_GET_ITEM(values, i);
-            if (drop_init(&drop, p->count) == 0) {
-                empty_into(p, &drop);
-                drop_close(&drop);
-            }
-        }
-        Py_DECREF(values);
-    }
-    Py_DECREF(peers);
 }
 
 PyDoc_STRVAR(clear_doc,
@@ -958,24 +1107,38 @@ PyDoc_STRVAR(clear_doc,
 static PyObject *
 Core_clear_all(Core *c, PyObject *unused)
 {
-    PyObject *fresh, *old;
+    Peer **table, **old, *peers, *p;
+    Py_ssize_t size = 8, i;
     unsigned long long n;
+    Drop drop;
 
-    if (not_ready(c) || (fresh = PyDict_New()) == NULL) {
+    if (not_ready(c)) {
         return NULL;
     }
+    if ((table = PyMem_Calloc((size_t)size, sizeof(Peer *))) == NULL) {
+        return PyErr_NoMemory();
+    }
     lock_core(c);
-    old = c->peers;
-    c->peers = fresh;
+    old = c->table;
+    peers = c->lru;
+    c->table = table;
+    c->size = size;
+    c->filled = c->npeers = 0;
     c->lru = c->mru = NULL;
     n = held(c);
     c->discards += n;
     unlock_core(c);
 
-    close_peers(old);
-    if (PyErr_Occurred()) {
-        return NULL;
+    /* This thread alone sees the old Peers now. */
+    PyMem_Free(old);
+    drop_init(&drop);
+    drop.peers = peers;  /* linked through ->newer already */
+    for (p = peers; p != NULL; p = p->newer) {
+        for (i = 0; i < p->count; i++) {
+            close_quietly(p->items[i].session);
+        }
     }
+    drop_finish(&drop);
     return PyLong_FromUnsignedLongLong(n);
 }
 
@@ -987,57 +1150,37 @@ PyDoc_STRVAR(expire_doc,
 static PyObject *
 Core_expire(Core *c, PyObject *unused)
 {
-    PyObject *dropped, *emptied;
     Peer *p, *next;
     Py_ssize_t i, n = 0;
     double now;
-    int failed = 0;
+    Drop drop;
 
     if (not_ready(c) || read_clock(c->clock, &now) < 0) {
         return NULL;
     }
-    dropped = PyList_New(0);
-    emptied = PyList_New(0);
-    if (dropped == NULL || emptied == NULL) {
-        Py_XDECREF(dropped);
-        Py_XDECREF(emptied);
-        return NULL;
-    }
-
+    drop_init(&drop);
     lock_core(c);
-    for (p = c->lru; p != NULL && !failed; p = next) {
+    for (p = c->lru; p != NULL && !drop.nomem; p = next) {
         next = p->newer;
         for (i = 0; i < p->count; ) {
             if (now < p->items[i].deadline) {
                 i++;
                 continue;
             }
-            if (PyList_Append(dropped, p->items[i].session) < 0) {
-                failed = 1;
+            if (drop_session(&drop, p->items[i].session) < 0) {
                 break;
             }
-            Py_DECREF(p->items[i].session);  /* the list holds it */
             remove_item(p, i);
             c->expirations++;
             n++;
         }
         if (p->count == 0) {
-            if (PyList_Append(emptied, (PyObject *)p) < 0
-                    || unfile(c, p) < 0) {
-                failed = 1;
-            } else {
-                Py_DECREF(p);  /* the list holds it */
-            }
+            unfile(c, p, &drop);
         }
     }
     unlock_core(c);
 
-    for (i = 0; i < PyList_GET_SIZE(dropped); i++) {
-        close_quietly(PyList_GET_ITEM(dropped, i));
-    }
-    Py_DECREF(dropped);
-    Py_DECREF(emptied);
-    if (failed) {
+    if (drop_finish(&drop) < 0) {
         return NULL;
     }
     return PyLong_FromSsize_t(n);
@@ -1064,21 +1207,32 @@ PyDoc_STRVAR(keys_doc,
 static PyObject *
 Core_keys(Core *c, PyObject *unused)
 {
-    PyObject *out;
+    PyObject *out = NULL;
+    Py_ssize_t n = 0, i;
     Peer *p;
 
-    if (not_ready(c) || (out = PyList_New(0)) == NULL) {
+    if (not_ready(c)) {
         return NULL;
     }
-    lock_core(c);
-    for (p = c->lru; p != NULL; p = p->newer) {
-        if (PyList_Append(out, p->key) < 0) {
-            Py_CLEAR(out);
-            break;
+    for (;;) {
+        /* The list is made outside the lock, big enough; filled
+         * under it, or made again if the cache grew meanwhile. */
+        Py_XDECREF(out);
+        if ((out = PyList_New(n)) == NULL) {
+            return NULL;
         }
+        lock_core(c);
+        if (c->npeers == n) {
+            for (i = 0, p = c->lru; p != NULL; p = p->newer, i++) {
+                Py_INCREF(p->key);
+                PyList_SET_ITEM(out, i, p->key);
+            }
+            unlock_core(c);
+            return out;
+        }
+        n = c->npeers;
+        unlock_core(c);
     }
-    unlock_core(c);
-    return out;
 }
 
 static PyObject *
@@ -1099,7 +1253,7 @@ Core_counters(Core *c, PyObject *unused)
     v[6] = c->discards;
     v[7] = c->refused;
     v[8] = held(c);
-    v[9] = (unsigned long long)PyDict_GET_SIZE(c->peers);
+    v[9] = (unsigned long long)c->npeers;
     unlock_core(c);
     return Py_BuildValue(
         "{sKsKsKsKsKsKsKsKsKsK}", "hits", v[0], "misses", v[1],
@@ -1109,11 +1263,12 @@ Core_counters(Core *c, PyObject *unused)
 }
 
 /* White box, for the tests: what the table really holds, counted item
- * by item rather than from the counters. */
+ * by item rather than from the counters; -1 if the list and the table
+ * disagree. */
 static PyObject *
 Core_count(Core *c, PyObject *unused)
 {
-    Py_ssize_t n = 0, peers = 0;
+    Py_ssize_t n = 0, peers = 0, filed = 0, i;
     Peer *p;
 
     if (not_ready(c)) {
@@ -1123,9 +1278,19 @@ Core_count(Core *c, PyObject *unused)
     for (p = c->lru; p != NULL; p = p->newer) {
         n += p->count;
         peers++;
+        i = find(c, p->slot, p->hash);
+        if (p->count == 0 || i < 0 || c->table[i] != p) {
+            n = -1;
+            break;
+        }
     }
-    if (peers != PyDict_GET_SIZE(c->peers)) {
-        n = -1;  /* the list and the dict disagree */
+    for (i = 0; i < c->size; i++) {
+        if (c->table[i] != NULL && c->table[i] != TOMBSTONE) {
+            filed++;
+        }
+    }
+    if (n >= 0 && (peers != c->npeers || filed != c->npeers)) {
+        n = -1;
     }
     unlock_core(c);
     return PyLong_FromSsize_t(n);
@@ -1228,7 +1393,7 @@ member_offset(PyObject *type, PyObject *name)
 {
     PyObject *descr = PyDict_GetItemWithError(
         ((PyTypeObject *)type)->tp_dict, name);
-    PyMemberDef *member;
+    PyMemberDef *m;
 
     if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
         if (!PyErr_Occurred()) {
@@ -1236,13 +1401,13 @@ member_offset(PyObject *type, PyObject *name)
         }
         return -1;
     }
-    member = ((PyMemberDescrObject *)descr)->d_member;
-    if (member->type != T_OBJECT_EX || member->flags & READONLY) {
+    m = ((PyMemberDescrObject *)descr)->d_member;
+    if (m->type != T_OBJECT_EX || m->flags & READONLY) {
         PyErr_Format(PyExc_TypeError, "%R.%U is not a plain slot", type,
                      name);
         return -1;
     }
-    return member->offset;
+    return m->offset;
 }
 
 static int
@@ -1257,51 +1422,58 @@ setup(PyObject *module, PyObject *args)
 {
     PyObject *session, *peerkey, *mismatch, *mono;
     void *up_ref, *free_fn;
+    Py_ssize_t o_slot, o_scope, o_facts, o_ptr;
 
+    if (session_type != NULL) {
+        /* Offsets in use by live caches must not change. */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "tlsresume._cachecore is set up once");
+        return NULL;
+    }
     if (!PyArg_ParseTuple(args, "OOOOO&O&:_setup", &session, &peerkey,
                           &mismatch, &mono, address_arg, &up_ref,
                           address_arg, &free_fn)) {
-        return NULL;
-    }
-    if (up_ref == NULL || free_fn == NULL) {
-        PyErr_SetString(PyExc_ValueError, "_setup: a NULL function");
-        return NULL;
-    }
-    if (!PyType_Check(session) || !PyType_Check(peerkey)) {
-        PyErr_SetString(PyExc_TypeError, "_setup: Session and PeerKey");
-        return NULL;
-    }
-    if ((off_slot = member_offset(peerkey, s_slot)) < 0
-            || (off_scope = member_offset(session, s_scope)) < 0
-            || (off_facts = member_offset(session, s_facts)) < 0
-            || (off_ptr = member_offset(session, s_ptr)) < 0) {
         return NULL;
     }
     if (!PyType_Check(session) || !PyType_Check(peerkey)
             || !PyCallable_Check(mismatch) || !PyCallable_Check(mono)) {
         PyErr_SetString(PyExc_TypeError,
                         "_setup(Session, PeerKey, on_mismatch, monotonic, "
-                        "up_ref)");
+                        "up_ref, free)");
         return NULL;
     }
-    Py_INCREF(session);
-    Py_INCREF(peerkey);
-    Py_INCREF(mismatch);
-    Py_INCREF(mono);
-    Py_XSETREF(session_type, session);
-    Py_XSETREF(peerkey_type, peerkey);
-    Py_XSETREF(on_mismatch, mismatch);
-    Py_XSETREF(monotonic, mono);
+    if (up_ref == NULL || free_fn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "_setup: a NULL function");
+        return NULL;
+    }
+    if ((o_slot = member_offset(peerkey, s_slot)) < 0
+            || (o_scope = member_offset(session, s_scope)) < 0
+            || (o_facts = member_offset(session, s_facts)) < 0
+            || (o_ptr = member_offset(session, s_ptr)) < 0) {
+        return NULL;
+    }
+    off_slot = o_slot;
+    off_scope = o_scope;
+    off_facts = o_facts;
+    off_ptr = o_ptr;
     session_up_ref = (int (*)(void *))up_ref;
     session_free = (void (*)(void *))free_fn;
+    Py_INCREF(peerkey);
+    peerkey_type = peerkey;
+    Py_INCREF(mismatch);
+    on_mismatch = mismatch;
+    Py_INCREF(mono);
+    monotonic = mono;
+    Py_INCREF(session);
+    session_type = session;  /* last: it marks the module set up */
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"_setup", setup, METH_VARARGS,
      "_setup(Session, PeerKey, on_mismatch, time.monotonic, addresses "
-     "of SSL_SESSION_up_ref and SSL_SESSION_free): tell the core what it "
-     "works with."},
+     "of SSL_SESSION_up_ref and SSL_SESSION_free): tell the core, once, "
+     "what it works with."},
     {NULL}
 };
 
@@ -1326,9 +1498,9 @@ PyInit__cachecore(void)
     INTERN(s_facts, "_facts");
     INTERN(s_read_facts, "_read_facts");
     INTERN(s_ptr, "_ptr");
-    INTERN(s_adopt_ref, "_adopt_ref");
+    INTERN(s_dup_open, "_dup_open");
     INTERN(s_close, "close");
-    if (PyType_Ready(&PeerType) < 0 || PyType_Ready(&CoreType) < 0) {
+    if (PyType_Ready(&CoreType) < 0) {
         return NULL;
     }
     if ((m = PyModule_Create(&module_def)) == NULL) {

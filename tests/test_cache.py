@@ -9,7 +9,10 @@ import collections
 import gc
 import itertools
 import random
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from hypothesis import settings
@@ -897,3 +900,129 @@ def test_one_ssl_session_is_held_once_per_peer_whatever_the_handle(bases,
     assert got is first if kind == "tls13" else not got.closed
     got.close()
     cache.clear()
+
+
+# Found by a second review of the C core ------------------------------------
+
+def test_a_peer_key_whose_slot_was_tampered_with_is_refused(bases):
+    cache = SessionCache()
+    key = peer(0)
+
+    class Loud:
+        def __hash__(self):
+            cache.keys()  # under the lock this would wait forever
+            return 1
+
+    for bad in (Loud(), [1], ("not", "a", "slot"),
+                (PeerKey, "h", 1, Loud())):
+        object.__setattr__(key, "_slot", bad)
+        assert _no_hang(lambda: pytest.raises(
+            TypeError, cache.take, key).match("bad _slot"))
+
+
+def test_nothing_of_the_table_is_reachable_from_python(bases):
+    cache = SessionCache()
+    assert cache.put("k", handle(bases["tls13"], "k"))
+    reachable = gc.get_referents(cache)
+    assert all(obj is cache.__class__ or callable(obj) or obj is None
+               for obj in reachable), reachable
+
+
+def test_str_and_bytes_keys_stay_apart_even_under_python_b(bases,
+                                                            tmp_path):
+    # hash("abc") == hash(b"abc"): comparing them would warn under -b,
+    # and warnings run Python code (under the lock, before).
+    script = tmp_path / "b.py"
+    script.write_text(
+        "from tlsresume import SessionCache, Session\n"
+        "from tlsresume.cachebench import _real_session\n"
+        "base = _real_session(maximum_version='1.3')\n"
+        "cache = SessionCache()\n"
+        "s = Session._from_der(base.to_der(), 'abc')\n"
+        "assert cache.put('abc', s)\n"
+        "assert cache.take(b'abc') is None\n"
+        "assert cache.take(('x', b'abc')) is None\n"
+        "assert cache.take('abc') is s\n"
+        "print('ok')\n")
+    done = subprocess.run(
+        [sys.executable, "-bb", "-W", "error::BytesWarning", str(script)],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+def test_a_freed_address_reused_by_a_new_session_is_not_a_duplicate(bases):
+    # A held handle closed by its former owner frees its SSL_SESSION;
+    # malloc then hands the same address to the next session, which
+    # put() took for the held one and refused.
+    cache = SessionCache(clock=FakeClock())
+    key = ("k", 1)
+    der = bases["tls12-ticket"].to_der()
+    for _ in range(20):
+        old = Session._from_der(der, key)
+        assert cache.put(key, old)
+        old.close()  # a misuse: the cache owned it
+        assert cache.put(key, Session._from_der(der, key)) is True
+        got = cache.take(key)
+        assert got is not None and not got.closed
+        got.close()
+    cache.clear()
+
+
+def test_take_racing_clear_with_sessions_that_pin_their_ssl_ctx(bases):
+    # take() of a TLS 1.2 session makes the caller's handle after the
+    # lock; meanwhile another thread may close the held one, and with it
+    # the last reference to its SSL_CTX.
+    der = bases["tls12-ticket"].to_der()
+    cache = SessionCache()
+    stop = time.monotonic() + 2
+    errors = []
+    gc.collect()
+    start_live = tlsresume.live_sessions()
+
+    def producer():
+        try:
+            while time.monotonic() < stop:
+                ctx = lib.SSL_CTX_new(lib.TLS_client_method())
+                scope = ("SSL_CTX", int(ffi.cast("uintptr_t", ctx)))
+                raw = Session._from_der(der, scope)
+                lib.SSL_SESSION_up_ref(raw._ptr)
+                held = Session._wrap(ffi.cast("SSL_SESSION *", raw._ptr),
+                                     scope, ctx)
+                raw.close()
+                lib.SSL_CTX_free(ctx)  # the handle keeps it alive
+                cache.put(scope, held)
+                for _ in range(3):
+                    got = cache.take(scope)
+                    if got is not None:
+                        assert not got.closed
+                        got.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def clearer():
+        while time.monotonic() < stop:
+            cache.clear()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        workers = [threading.Thread(target=producer),
+                   threading.Thread(target=clearer)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    cache.clear()
+    gc.collect()
+    assert tlsresume.live_sessions() == start_live
+
+
+def test_the_core_is_set_up_once():
+    from tlsresume import _cachecore
+
+    with pytest.raises(RuntimeError, match="set up once"):
+        _cachecore._setup(object, PeerKey, print, time.monotonic, 1, 1)
+    assert len(SessionCache()) == 0  # and the cache still works

@@ -220,16 +220,27 @@ class Session:
             raise SessionError("SSL_set_session failed: "
                                + (entries[0][3] if entries else "unknown"))
 
+    def _dup_open(self):
+        """:meth:`_dup`, or None once this handle is closed (the cache's
+        take() calls it without its own lock held)."""
+        with self._lock:
+            if self._ptr is None:
+                return None
+            return self._dup_locked()
+
     def _dup(self):
         """A second, independent handle on the same SSL_SESSION."""
         with self._lock:
-            # Plain pointers, not our ffi.gc objects: wrapping those again
-            # would keep this handle's reference alive as long as the dup
-            # (a chain of unfreed sessions in a resumption loop).
-            ptr = self._ref_locked()
-            ctx = (ffi.cast("SSL_CTX *", self._ctx)
-                   if self._ctx is not None else None)
-            dup = Session._wrap(ptr, self._scope, ctx)
+            return self._dup_locked()
+
+    def _dup_locked(self):
+        # Plain pointers, not our ffi.gc objects: wrapping those again
+        # would keep this handle's reference alive as long as the dup
+        # (a chain of unfreed sessions in a resumption loop).
+        ptr = self._ref_locked()
+        ctx = (ffi.cast("SSL_CTX *", self._ctx)
+               if self._ctx is not None else None)
+        dup = Session._wrap(ptr, self._scope, ctx)
         dup._facts = self._facts
         return dup
 
@@ -252,17 +263,6 @@ class Session:
         facts = (float(born), abs(life), life < 0, address)
         self._facts = facts
         return facts
-
-    def _adopt_ref(self, address):
-        """A handle on ``address``, the SSL_SESSION this handle holds,
-        owning a reference the caller has already taken (the cache's
-        take() does so under its lock)."""
-        ctx = self._ctx
-        if ctx is not None:
-            ctx = ffi.cast("SSL_CTX *", ctx)
-        dup = Session._wrap(ffi.cast(_SESSION_P, address), self._scope, ctx)
-        dup._facts = self._facts
-        return dup
 
     def _ref(self):
         """A new reference as a plain pointer, for a C call that takes it.
