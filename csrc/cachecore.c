@@ -269,8 +269,14 @@ same_key(PyObject *a, PyObject *b)
                          (size_t)n) == 0;
     }
     if (t == &PyLong_Type) {
-        /* Two exact ints: C, and it cannot fail. */
-        return PyObject_RichCompareBool(a, b, Py_EQ) == 1;
+        /* Two exact ints: straight to int's own comparison, which
+         * cannot fail (PyObject_RichCompareBool could, with
+         * RecursionError near the recursion limit). */
+        PyObject *r = PyLong_Type.tp_richcompare(a, b, Py_EQ);
+        int eq = r == Py_True;
+
+        Py_XDECREF(r);
+        return eq;
     }
     if (t == &PyFloat_Type) {
         return PyFloat_AS_DOUBLE(a) == PyFloat_AS_DOUBLE(b);
@@ -447,9 +453,14 @@ lru_touch(Core *c, Peer *p)
 static void
 unfile(Core *c, Peer *p, Drop *d)
 {
-    Py_ssize_t i = find(c, p->slot, p->hash);
+    size_t mask = (size_t)c->size - 1, i = (size_t)p->hash & mask;
 
-    c->table[i] = TOMBSTONE;  /* p is filed: i >= 0 */
+    /* By the pointer itself, not by key: p is filed, on its probe
+     * chain. */
+    while (c->table[i] != p) {
+        i = (i + 1) & mask;
+    }
+    c->table[i] = TOMBSTONE;
     c->npeers--;
     lru_unlink(c, p);
     p->newer = d->peers;
@@ -854,31 +865,37 @@ PyDoc_STRVAR(put_doc,
 "SessionError raised: a session made under one peer or configuration\n"
 "is never filed under another.");
 
-/* put() once the arguments are checked.  NULL: the session was not
- * stored (the caller closes it). */
+/* put() once the arguments are checked and the key's slot is known.
+ * NULL: the session was not stored (the caller closes it). */
 static PyObject *
-put_checked(Core *c, PyObject *key, PyObject *session)
+put_slot(Core *c, PyObject *key, PyObject *slot, Py_hash_t hash,
+         PyObject *session)
 {
-    PyObject *scope, *facts, *ptr, *slot, *r, *held_ptr;
-    Py_hash_t hash;
+    PyObject *scope, *sslot, *facts, *ptr, *r, *held_ptr;
+    Py_hash_t shash;
     Peer *p = NULL, *fresh = NULL;
     Drop drop;
     double born, life, wall, now, left;
     void *address;
     Py_ssize_t i;
-    int tls13, same, dup = 0, failed = 0;
+    int tls13, same = 1, dup = 0, failed = 0;
 
     if ((scope = member(session, off_scope)) == NULL) {
         PyErr_SetString(PyExc_TypeError, "an unfinished Session");
         return NULL;
     }
-    Py_INCREF(scope);
-    same = scope == key ? 1 : PyObject_RichCompareBool(scope, key, Py_EQ);
-    Py_DECREF(scope);
-    if (same <= 0) {
-        if (same < 0) {
-            return NULL;
+    if (scope != key) {
+        /* The same key as the table sees it (True is not 1 here), so
+         * that one handle can never be filed under two keys. */
+        if ((sslot = slot_of(scope, &shash)) == NULL) {
+            PyErr_Clear();
+            same = 0;
+        } else {
+            same = shash == hash && same_key(sslot, slot);
+            Py_DECREF(sslot);
         }
+    }
+    if (!same) {
         /* Closes the handle and raises SessionError. */
         r = PyObject_CallFunctionObjArgs(on_mismatch, key, session, NULL);
         Py_XDECREF(r);
@@ -920,9 +937,6 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     if (read_clock(c->clock, &now) < 0) {
         return NULL;
     }
-    if ((slot = slot_of(key, &hash)) == NULL) {
-        return NULL;
-    }
     /* A Peer for a new key is made before the lock; unused, it is
      * freed after. */
     fresh = PyMem_Malloc(sizeof(Peer));
@@ -934,7 +948,6 @@ put_checked(Core *c, PyObject *key, PyObject *session)
         }
     }
     if (fresh == NULL) {
-        Py_DECREF(slot);
         return PyErr_NoMemory();
     }
     fresh->older = fresh->newer = NULL;
@@ -942,7 +955,8 @@ put_checked(Core *c, PyObject *key, PyObject *session)
     fresh->hash = hash;
     Py_INCREF(key);
     fresh->key = key;
-    fresh->slot = slot;  /* our reference */
+    Py_INCREF(slot);
+    fresh->slot = slot;
     drop_init(&drop);
 
     lock_core(c);
@@ -1040,7 +1054,8 @@ unlock:
 static PyObject *
 Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *session, *r;
+    PyObject *session, *slot, *r;
+    Py_hash_t hash;
 
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError,
@@ -1059,7 +1074,13 @@ Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs)
                      Py_TYPE(session)->tp_name);
         return NULL;
     }
-    if ((r = put_checked(c, args[0], session)) == NULL) {
+    if ((slot = slot_of(args[0], &hash)) == NULL) {
+        r = NULL;
+    } else {
+        r = put_slot(c, args[0], slot, hash, session);
+        Py_DECREF(slot);
+    }
+    if (r == NULL) {
         close_quietly(session);  /* put() owns it, stored or not */
     }
     return r;

@@ -1026,3 +1026,52 @@ def test_the_core_is_set_up_once():
     with pytest.raises(RuntimeError, match="set up once"):
         _cachecore._setup(object, PeerKey, print, time.monotonic, 1, 1)
     assert len(SessionCache()) == 0  # and the cache still works
+
+
+# Found by a third review ----------------------------------------------------
+
+def test_near_the_recursion_limit_a_key_is_still_found_once(bases):
+    # Comparing two equal ints through PyObject_RichCompareBool could
+    # fail with RecursionError under the lock: the key was then missed
+    # and filed a second time.
+    der = bases["tls13"].to_der()
+    cache = SessionCache(max_entries=4)
+    first = int("1" * 25)
+    assert cache.put(first, Session._from_der(der, first))
+
+    def deep(n, key, session):
+        return deep(n - 1, key, session) if n else cache.put(key, session)
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        for depth in range(80, 150):
+            key = int("1" * 25)  # equal to first, another object
+            session = Session._from_der(der, key)
+            session._read_facts()
+            try:
+                deep(depth, key, session)
+            except RecursionError:
+                pass
+            assert cache._count() != -1
+            assert len(cache.keys()) == 1
+    finally:
+        sys.setrecursionlimit(old)
+    cache.clear()
+
+
+def test_one_handle_cannot_be_filed_under_keys_python_calls_equal(bases):
+    # 1 == True == 1.0 in Python, but they are three keys to the cache:
+    # a handle scoped to 1 filed under all three would be one ticket
+    # handed out three times.
+    cache = SessionCache(clock=FakeClock())
+    session = handle(bases["tls13"], 1)
+    assert cache.put(1, session)
+    for other in (True, 1.0):
+        twin = handle(bases["tls13"], 1)
+        with pytest.raises(SessionError, match="another peer"):
+            cache.put(other, twin)
+        assert twin.closed
+    assert cache.take(True) is None and cache.take(1.0) is None
+    assert cache.take(1) is session
+    session.close()
