@@ -157,6 +157,31 @@ close_quietly(PyObject *session)
     PyErr_Restore(type, value, tb);
 }
 
+/* A Peer for a new key, or NULL.  Only memory is allocated (no Python
+ * code runs), so it may be called under the lock. */
+static Peer *
+peer_new(PyObject *key, PyObject *slot, Py_hash_t hash,
+         Py_ssize_t tickets)
+{
+    Peer *p = PyMem_Malloc(sizeof(Peer));
+
+    if (p == NULL) {
+        return NULL;
+    }
+    if ((p->items = PyMem_New(Item, tickets + 1)) == NULL) {
+        PyMem_Free(p);
+        return NULL;
+    }
+    p->older = p->newer = NULL;
+    p->count = 0;
+    p->hash = hash;
+    Py_INCREF(key);
+    p->key = key;
+    Py_INCREF(slot);
+    p->slot = slot;
+    return p;
+}
+
 static void
 peer_free(Peer *p)
 {
@@ -873,7 +898,7 @@ put_slot(Core *c, PyObject *key, PyObject *slot, Py_hash_t hash,
 {
     PyObject *scope, *sslot, *facts, *ptr, *r, *held_ptr;
     Py_hash_t shash;
-    Peer *p = NULL, *fresh = NULL;
+    Peer *p = NULL;
     Drop drop;
     double born, life, wall, now, left;
     void *address;
@@ -937,37 +962,20 @@ put_slot(Core *c, PyObject *key, PyObject *slot, Py_hash_t hash,
     if (read_clock(c->clock, &now) < 0) {
         return NULL;
     }
-    /* A Peer for a new key is made before the lock; unused, it is
-     * freed after. */
-    fresh = PyMem_Malloc(sizeof(Peer));
-    if (fresh != NULL) {
-        fresh->items = PyMem_New(Item, c->tickets + 1);
-        if (fresh->items == NULL) {
-            PyMem_Free(fresh);
-            fresh = NULL;
-        }
-    }
-    if (fresh == NULL) {
-        return PyErr_NoMemory();
-    }
-    fresh->older = fresh->newer = NULL;
-    fresh->count = 0;
-    fresh->hash = hash;
-    Py_INCREF(key);
-    fresh->key = key;
-    Py_INCREF(slot);
-    fresh->slot = slot;
     drop_init(&drop);
 
     lock_core(c);
     if ((i = find(c, slot, hash)) < 0) {
-        if (file_peer(c, fresh) < 0) {
+        p = peer_new(key, slot, hash, c->tickets);
+        if (p == NULL || file_peer(c, p) < 0) {
+            if (p != NULL) {
+                p->newer = drop.peers;  /* freed after the lock */
+                drop.peers = p;
+            }
             drop.nomem = 1;
             failed = 1;
             goto unlock;
         }
-        p = fresh;
-        fresh = NULL;
         lru_append(c, p);
         if (c->npeers > c->max_entries) {
             Peer *old = c->lru;
@@ -1029,9 +1037,6 @@ put_slot(Core *c, PyObject *key, PyObject *slot, Py_hash_t hash,
 unlock:
     unlock_core(c);
 
-    if (fresh != NULL) {
-        peer_free(fresh);  /* unused: the key was filed already */
-    }
     if (drop_finish(&drop) < 0 || failed) {
         if (!PyErr_Occurred()) {
             PyErr_NoMemory();
