@@ -1,12 +1,15 @@
 /* The client's hot path (csrc/client.glue.c), declared for cffi. */
 int tlsresume_tcp_connect(int family, const char *address, int port,
                           double timeout);
-SSL *tlsresume_client_handshake(SSL_CTX *ctx, int fd, const char *sni,
+SSL *tlsresume_client_handshake(SSL_CTX *ctx, int fd, int family,
+                                const char *address, int port,
+                                double timeout, const char *sni,
                                 const char *host, const char *ip,
                                 SSL_SESSION *session, int session_owned,
                                 int ex_index, void *data, int *info);
-int tlsresume_client_close(SSL *ssl, int fd, int close_fd, int ex_index,
-                           int wait_for_tickets, double wait);
+int tlsresume_client_close(SSL *ssl, int ex_index, int wait_for_tickets,
+                           double wait);
+#define TLSRESUME_STEP_TCP ...
 #define TLSRESUME_STEP_SSL_NEW ...
 #define TLSRESUME_STEP_SET_FD ...
 #define TLSRESUME_STEP_SNI ...

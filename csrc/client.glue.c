@@ -10,13 +10,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#define TLSRESUME_STEP_SSL_NEW 1
-#define TLSRESUME_STEP_SET_FD 2
-#define TLSRESUME_STEP_SNI 3
-#define TLSRESUME_STEP_HOST 4
-#define TLSRESUME_STEP_IP 5
-#define TLSRESUME_STEP_SESSION 6
-#define TLSRESUME_STEP_CONNECT 7
+#define TLSRESUME_STEP_TCP 1
+#define TLSRESUME_STEP_SSL_NEW 2
+#define TLSRESUME_STEP_SET_FD 3
+#define TLSRESUME_STEP_SNI 4
+#define TLSRESUME_STEP_HOST 5
+#define TLSRESUME_STEP_IP 6
+#define TLSRESUME_STEP_SESSION 7
+#define TLSRESUME_STEP_CONNECT 8
 
 /* A connect() interrupted by a signal goes on in the background: wait
  * for it as the blocking call would have.  Returns 0 once connected, or
@@ -109,12 +110,22 @@ fail:
 }
 
 /* Everything before the handshake; returns the step that failed, or
- * TLSRESUME_STEP_CONNECT when all went well. */
-static int prepare(SSL *ssl, int fd, const char *sni, const char *host,
-                   const char *ip, SSL_SESSION *session, int ex_index,
-                   void *data)
+ * TLSRESUME_STEP_CONNECT when all went well.  With `own_fd` the SSL
+ * takes the descriptor over, and SSL_free closes it; *attached says
+ * whether that happened. */
+static int prepare(SSL *ssl, int fd, int own_fd, int *attached,
+                   const char *sni, const char *host, const char *ip,
+                   SSL_SESSION *session, int ex_index, void *data)
 {
-    if (!SSL_set_fd(ssl, fd)) {
+    if (own_fd) {
+        BIO *bio = BIO_new_socket(fd, BIO_CLOSE);
+
+        if (bio == NULL) {
+            return TLSRESUME_STEP_SET_FD;
+        }
+        SSL_set_bio(ssl, bio, bio);
+        *attached = 1;
+    } else if (!SSL_set_fd(ssl, fd)) {
         return TLSRESUME_STEP_SET_FD;
     }
     SSL_set_ex_data(ssl, ex_index, data);
@@ -134,37 +145,65 @@ static int prepare(SSL *ssl, int fd, const char *sni, const char *host,
     return TLSRESUME_STEP_CONNECT;
 }
 
-/* The SSL for one client connection on `fd`, and its handshake.
+/* A client connection and its handshake, in one call.
  *
- * Sets ex_data slot `ex_index` to `data` (before the handshake, so
- * callbacks find their connection), SNI (`sni`, none if NULL), the host
- * name (`host`) or address (`ip`) to verify (neither if both NULL) and
- * the session to offer (may be NULL; the SSL takes its own reference,
- * and when `session_owned` is 1 the caller's reference is dropped here
- * too, whatever happens); then runs SSL_connect.
+ * The TCP connection: `fd` if it is not negative (the caller keeps
+ * owning it); else a new one to `address` (numeric, of `family`) and
+ * `port`, with `timeout` as in tlsresume_tcp_connect, which the SSL
+ * owns from then on: SSL_free closes it.
  *
- * Returns the new SSL, which the caller frees, or NULL if SSL_new
- * failed.  info[0] names the step reached: TLSRESUME_STEP_CONNECT, or
- * the step that failed (its reasons in the error queue); info[3] is
- * SSL_connect's result (0 when it did not run), with errno as
+ * Then SSL_new, and on the SSL: ex_data slot `ex_index` set to `data`
+ * (before the handshake, so callbacks find their connection), SNI
+ * (`sni`, none if NULL), the host name (`host`) or address (`ip`) to
+ * verify (neither if both NULL) and the session to offer (may be NULL;
+ * the SSL takes its own reference, and when `session_owned` is 1 the
+ * caller's reference is dropped here too, whatever happens); then
+ * SSL_connect.
+ *
+ * Returns the new SSL, which the caller frees, or NULL if the TCP
+ * connection or SSL_new failed.  info[0] names the step reached:
+ * TLSRESUME_STEP_CONNECT, or the step that failed (with errno set for
+ * TLSRESUME_STEP_TCP, its reasons in the error queue for the others);
+ * info[3] is SSL_connect's result (0 when it did not run), with errno as
  * SSL_connect left it (for SSL_get_error); after a handshake that
- * succeeded, info[1] is SSL_session_reused and info[2] SSL_version. */
-SSL *tlsresume_client_handshake(SSL_CTX *ctx, int fd, const char *sni,
+ * succeeded, info[1] is SSL_session_reused and info[2] SSL_version.
+ * info[4] is the descriptor the SSL uses, or -1 if there is none (a
+ * descriptor made here that no SSL took is closed here). */
+SSL *tlsresume_client_handshake(SSL_CTX *ctx, int fd, int family,
+                                const char *address, int port,
+                                double timeout, const char *sni,
                                 const char *host, const char *ip,
                                 SSL_SESSION *session, int session_owned,
                                 int ex_index, void *data, int *info)
 {
-    SSL *ssl;
-    int step;
+    SSL *ssl = NULL;
+    int step, own_fd = fd < 0, attached = 0, saved;
 
     info[1] = info[2] = info[3] = 0;
-    ssl = SSL_new(ctx);
-    step = ssl == NULL ? TLSRESUME_STEP_SSL_NEW
-                       : prepare(ssl, fd, sni, host, ip, session, ex_index,
-                                 data);
+    info[4] = -1;
+    if (own_fd) {
+        fd = tlsresume_tcp_connect(family, address, port, timeout);
+    }
+    if (fd < 0) {
+        step = TLSRESUME_STEP_TCP;
+    } else {
+        ssl = SSL_new(ctx);
+        step = ssl == NULL ? TLSRESUME_STEP_SSL_NEW
+                           : prepare(ssl, fd, own_fd, &attached, sni,
+                                     host, ip, session, ex_index, data);
+    }
+    saved = errno;
     if (session != NULL && session_owned) {
         SSL_SESSION_free(session);
     }
+    if (fd >= 0) {
+        if (own_fd && !attached) {
+            close(fd);
+        } else {
+            info[4] = fd;
+        }
+    }
+    errno = saved;
     info[0] = step;
     if (step != TLSRESUME_STEP_CONNECT) {
         return ssl;
@@ -177,27 +216,25 @@ SSL *tlsresume_client_handshake(SSL_CTX *ctx, int fd, const char *sni,
     return ssl;
 }
 
-/* The end of a client connection, short of SSL_free: close_notify, then,
- * if `wait_for_tickets` and the connection is TLS 1.3 and the peer has
- * not closed yet, wait up to `wait` seconds for the peer's close_notify
- * so tickets still in flight reach the new-session callback.  Clears the
- * connection's ex_data slot, empties the error queue (a failing close is
- * not reported) and, when `close_fd` is 1, closes `fd`.  Returns the
- * last SSL_shutdown result. */
-int tlsresume_client_close(SSL *ssl, int fd, int close_fd, int ex_index,
-                           int wait_for_tickets, double wait)
+/* The end of a client connection: close_notify, then, if
+ * `wait_for_tickets` and the connection is TLS 1.3 and the peer has not
+ * closed yet, wait up to `wait` seconds for the peer's close_notify so
+ * tickets still in flight reach the new-session callback.  Clears the
+ * connection's ex_data slot and frees the SSL (which closes a descriptor
+ * it owns), and empties the error queue: a failing close is not
+ * reported.  Returns the last SSL_shutdown result. */
+int tlsresume_client_close(SSL *ssl, int ex_index, int wait_for_tickets,
+                           double wait)
 {
     int state = SSL_shutdown(ssl);
 
     if (state == 0 && wait_for_tickets
         && SSL_version(ssl) >= TLS1_3_VERSION) {
-        tlsresume_set_timeouts(fd, wait);
+        tlsresume_set_timeouts(SSL_get_fd(ssl), wait);
         state = SSL_shutdown(ssl);
     }
     SSL_set_ex_data(ssl, ex_index, NULL);
+    SSL_free(ssl);
     ERR_clear_error();
-    if (close_fd) {
-        close(fd);
-    }
     return state;
 }

@@ -1,8 +1,11 @@
 """The high-level client: ClientContext and Connection against the
 project's Server and against ``openssl s_server``."""
 
+import gc
+import os
 import signal
 import time
+import warnings
 
 import pytest
 
@@ -207,6 +210,42 @@ def test_verify_false_only_when_asked():
         assert ctx.verify is False
         lines, _ = five_connections(ctx, "localhost", srv.port)
     assert lines == RESUMED
+
+
+def _open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                    reason="needs /proc/self/fd")
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_descriptors_are_given_back_by_every_path(s_server, other_certs,
+                                                  host):
+    # A connection to a numeric address gets a bare descriptor, which
+    # the SSL owns; by name, a socket object.  Neither may leak: not
+    # when close() runs, not when a handshake fails, and not when a
+    # connection is dropped without close().
+    peer = s_server(tls="1.2")
+    ctx = ClientContext(cafile=peer.cafile)
+    wrong = ClientContext(cafile=other_certs.cafile)
+    ctx.connect(host, peer.port).close()  # imports and memos settle
+    gc.collect()
+    before = _open_descriptors()
+    for _ in range(5):
+        ctx.connect(host, peer.port).close()
+        with pytest.raises(tlsresume.CertificateVerifyError):
+            wrong.connect(host, peer.port)
+    assert _open_descriptors() == before
+    with warnings.catch_warnings():
+        # An unclosed socket object says so as it goes.
+        warnings.simplefilter("ignore", ResourceWarning)
+        for _ in range(5):
+            # One at a time: s_server serves one connection at a time.
+            conn = ctx.connect(host, peer.port)
+            assert _open_descriptors() == before + 1
+            del conn
+            gc.collect()
+            assert _open_descriptors() == before
 
 
 def test_ip_address_hostname_verification():

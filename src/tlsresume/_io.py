@@ -129,6 +129,12 @@ def _numeric_family(host):
     return family
 
 
+def numeric_family(host):
+    """AF_INET or AF_INET6 if ``host`` is a numeric address that the
+    C connect path takes (on Linux), else None."""
+    return _numeric_family(host) if _LINUX else None
+
+
 def open_fd(host, port, timeout):
     """Connect like :func:`open_socket`; return ``(socket, descriptor)``.
 
@@ -136,21 +142,27 @@ def open_fd(host, port, timeout):
     and there is no socket object: ``(None, fd)``, and the caller owns
     (closes) the descriptor.  Otherwise ``(sock, sock.fileno())``.
     """
-    family = _numeric_family(host) if _LINUX else None
+    family = numeric_family(host)
     if family is None:
-        sock = _open_by_name(host, port, timeout)
+        sock = open_by_name(host, port, timeout)
         return sock, sock.fileno()
     fd = lib.tlsresume_tcp_connect(family, host.encode("ascii"), port,
                                    timeout or 0.0)
     if fd < 0:
-        err = ffi.errno
-        if err in _CONNECT_TIMEOUT_ERRNOS:
-            raise TLSTimeoutError(
-                f"connecting to {host}:{port}: no answer within "
-                f"{timeout:g} s") from None
-        cause = OSError(err, os.strerror(err))
-        raise _connect_error(host, port, cause) from cause
+        raise tcp_error(host, port, ffi.errno, timeout)
     return None, fd
+
+
+def tcp_error(host, port, err, timeout):
+    """The exception for a C connect to ``host`` that failed with errno
+    ``err``; a ConnectError has an OSError for ``err`` as its cause."""
+    if err in _CONNECT_TIMEOUT_ERRNOS:
+        return TLSTimeoutError(f"connecting to {host}:{port}: no answer "
+                               f"within {timeout:g} s")
+    cause = OSError(err, os.strerror(err))
+    error = _connect_error(host, port, cause)
+    error.__cause__ = cause
+    return error
 
 
 def _connect_error(host, port, exc):
@@ -158,7 +170,8 @@ def _connect_error(host, port, exc):
     return ConnectError(f"could not connect to {host}:{port}: {reason}")
 
 
-def _open_by_name(host, port, timeout):
+def open_by_name(host, port, timeout):
+    """A socket connected by name (or address), as :func:`open_socket`."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.timeout:

@@ -9,7 +9,7 @@ import os
 import time
 
 from ._binding import SSL_EX_INDEX, ffi, lib
-from ._io import io_error, open_fd
+from ._io import io_error, numeric_family, open_by_name, tcp_error
 from .errors import (
     OpenSSLError,
     SessionError,
@@ -317,14 +317,19 @@ class ClientContext:
         return key
 
     def _peer(self, host, port, server_hostname):
-        """Check a peer; return its server name, the name's encoding and
-        its key, remembered for the next connect()."""
+        """Check a peer; return what connect() needs of it, remembered
+        for the next connect(): its server name, the name's encoding,
+        its key, and the address family and encoding of a numeric
+        ``host`` that C can connect to (else None, None)."""
         name, encoded = _check_peer(host, port, server_hostname)
         key = self.peer_key(host, port, server_hostname)
+        family = numeric_family(host)
+        address = host.encode("ascii") if family is not None else None
+        peer = name, encoded, key, family, address
         if len(self._peers) >= _NAMES_KEPT:
             self._peers.clear()
-        self._peers[host, port, server_hostname] = name, encoded, key
-        return name, encoded, key
+        self._peers[host, port, server_hostname] = peer
+        return peer
 
     def load_session(self, data, host, port, server_hostname=None):
         """Rebuild a session from :meth:`Session.to_der` bytes.
@@ -358,11 +363,12 @@ class ClientContext:
         if self._ctx is None:
             raise TLSError("connect() on a closed ClientContext")
         try:
-            name, encoded, key = self._peers[host, port, server_hostname]
+            peer = self._peers[host, port, server_hostname]
             if port.__class__ is not int:  # True == 1: check it afresh
                 raise KeyError(port)
         except (KeyError, TypeError):
-            name, encoded, key = self._peer(host, port, server_hostname)
+            peer = self._peer(host, port, server_hostname)
+        key = peer[2]
         if timeout.__class__ is not float or not 0 < timeout <= _MAX_TIMEOUT:
             _check_timeout(timeout)
 
@@ -400,8 +406,7 @@ class ClientContext:
         conn = None
         try:
             conn = Connection(self, key, host, port, timeout)
-            conn._handshake(name, encoded, offered,
-                            cache if from_cache else None)
+            conn._handshake(peer, offered, cache if from_cache else None)
         except BaseException:
             if conn is not None:
                 conn._abort()
@@ -452,12 +457,19 @@ class Connection:
         self._offered = None
         self._callback_error = None
         self.session_reused = False
-        # A numeric address on Linux gets a bare descriptor (closed by
-        # _abort), anything else a socket object.
-        self._sock, self._fd = open_fd(host, port, timeout)
 
-    def _handshake(self, name, encoded, offered, cache):
-        # cache: the cache ``offered`` came from, or None.
+    def _handshake(self, peer, offered, cache):
+        # peer: as ClientContext._peer gives it; cache: the cache
+        # ``offered`` came from, or None.
+        name, encoded, _, family, address = peer
+        if address is None:
+            # By name: Python's resolver and a socket object of ours.
+            # A numeric address on Linux is connected in the C call
+            # below, and the descriptor is the SSL's (SSL_free closes
+            # it).
+            self._sock = open_by_name(self.host, self.port, self.timeout)
+            self._fd = self._sock.fileno()
+            family, address = 0, ffi.NULL
         host = ip = ffi.NULL
         if self.context.verify:
             if encoded is None:
@@ -481,17 +493,20 @@ class Connection:
                 # The caller's handle may be closed by another thread:
                 # the call gets a reference of its own, and drops it.
                 session, owned = offered._ref(), 1
-        # The handle makes a reference cycle with self until _abort().
+        # The handle makes a reference cycle with self until close().
         self._handle = ffi.new_handle(self)
-        info = ffi.new("int[4]")
-        # SSL_new, SSL_set_fd, ex_data, SNI, the name to verify,
-        # SSL_set_session and SSL_connect, in one C call.
+        info = ffi.new("int[5]")
+        # The TCP connection, SSL_new, the descriptor, ex_data, SNI, the
+        # name to verify, SSL_set_session and SSL_connect: one C call.
         ssl = lib.tlsresume_client_handshake(
-            self.context._ctx, self._fd,
-            encoded if encoded is not None else ffi.NULL, host, ip,
-            session, owned, SSL_EX_INDEX, self._handle, info)
+            self.context._ctx, self._fd, family, address, self.port,
+            self.timeout or 0.0, encoded if encoded is not None else ffi.NULL,
+            host, ip, session, owned, SSL_EX_INDEX, self._handle, info)
         if ssl != ffi.NULL:
             self._ssl = ffi.gc(ssl, _SSL_FREE)
+            self._fd = info[4]
+        elif info[0] == lib.TLSRESUME_STEP_TCP:
+            raise tcp_error(self.host, self.port, ffi.errno, self.timeout)
         if info[3] != 1:
             self._raise_handshake_error(ssl, info[3], info[0])
         if self._callback_error is not None:
@@ -707,42 +722,42 @@ class Connection:
         for the server's tickets and close_notify, so the next
         connection can resume.
         """
-        ssl = self._ssl
-        if ssl is not None:
-            own_fd = self._sock is None
+        ssl, self._ssl = self._ssl, None
+        if ssl is None:
+            self._abort()
+        else:
+            # The C call below frees the SSL: garbage collection must
+            # not free it again.
+            ffi.gc(ssl, None)
             # close_notify; under TLS 1.3 with no ticket yet, read until
             # the peer's close_notify so tickets in flight reach the
-            # new-session callback; the error queue emptied; our own
-            # descriptor closed: one C call.
+            # new-session callback; the ex_data slot and the error queue
+            # emptied; SSL_free, which closes a descriptor the SSL owns:
+            # one C call.
             timeout = self.timeout
             lib.tlsresume_client_close(
-                ssl, self._fd, own_fd, SSL_EX_INDEX, self._session is None,
+                ssl, SSL_EX_INDEX, self._session is None,
                 timeout if timeout is not None and timeout < 1.0 else 1.0)
-            if own_fd:
-                self._fd = -1
-            self._abort(cleared=True)
-        else:
-            self._abort()
+            self._fd = -1
+            self._handle = None
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
         if self._callback_error is not None:
             self._raise_callback_error()
 
-    def _abort(self, cleared=False):
-        # cleared: tlsresume_client_close has already emptied the ex_data
-        # slot and the error queue.
+    def _abort(self):
         ssl, self._ssl = self._ssl, None
         if ssl is not None:
-            if not cleared:
-                lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, ffi.NULL)
+            lib.SSL_set_ex_data(ssl, SSL_EX_INDEX, ffi.NULL)
+            # Closes the descriptor too, if the SSL owns it.
             ffi.release(ssl)
         self._handle = None
+        self._fd = -1
         sock, self._sock = self._sock, None
-        fd, self._fd = self._fd, -1
         if sock is not None:
             sock.close()
-        elif fd >= 0:
-            os.close(fd)
-        if not cleared:
-            drain_errors()
+        drain_errors()
 
     def __enter__(self):
         return self
