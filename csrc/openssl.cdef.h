@@ -61,6 +61,8 @@ uint64_t SSL_CTX_clear_options(SSL_CTX *, uint64_t);
 uint64_t SSL_CTX_get_options(const SSL_CTX *);
 int SSL_CTX_set_min_proto_version(SSL_CTX *, int);
 int SSL_CTX_set_max_proto_version(SSL_CTX *, int);
+void SSL_CTX_set_read_ahead(SSL_CTX *, int);
+long SSL_CTX_get_read_ahead(SSL_CTX *);
 long SSL_CTX_set_session_cache_mode(SSL_CTX *, long);
 long SSL_CTX_get_session_cache_mode(SSL_CTX *);
 long SSL_CTX_sess_set_cache_size(SSL_CTX *, long);

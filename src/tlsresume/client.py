@@ -285,6 +285,12 @@ class ClientContext:
             ctx, lib.SSL_SESS_CACHE_CLIENT
             | lib.SSL_SESS_CACHE_NO_INTERNAL_STORE)
         lib.SSL_CTX_sess_set_new_cb(ctx, lib._tlsresume_new_session_cb)
+        # Read all the socket holds in one read(), not each record's
+        # 5-byte header and then its body apart: a resumed handshake and
+        # a short reply then take 2 read() calls instead of 8 (12 under
+        # TLS 1.3).  Nobody polls our descriptors, so bytes left in
+        # OpenSSL's buffer rather than the kernel's are never missed.
+        lib.SSL_CTX_set_read_ahead(ctx, 1)
         return trust
 
     def close(self):
