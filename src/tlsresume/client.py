@@ -100,6 +100,8 @@ _MAX_TIMEOUT = 1e9
 _MAX_READ = 1 << 20
 _RETRY_CODES = (lib.SSL_ERROR_WANT_READ, lib.SSL_ERROR_WANT_WRITE)
 _SESSION_P = ffi.typeof("SSL_SESSION *")
+_CHARS = ffi.typeof("char[]")
+_INFO = ffi.typeof("int[5]")
 _SESSION_FREE = lib.SSL_SESSION_free
 _SSL_FREE = lib.SSL_free
 
@@ -501,7 +503,7 @@ class Connection:
                 session, owned = offered._ref(), 1
         # The handle makes a reference cycle with self until close().
         self._handle = ffi.new_handle(self)
-        info = ffi.new("int[5]")
+        info = ffi.new(_INFO)
         # The TCP connection, SSL_new, the descriptor, ex_data, SNI, the
         # name to verify, SSL_set_session and SSL_connect: one C call.
         ssl = lib.tlsresume_client_handshake(
@@ -601,8 +603,10 @@ class Connection:
         if error is not None:
             raise error
 
-    def _call(self, fn, what, *args):
-        """Run SSL_read or SSL_write; go on waiting after a signal.
+    def _retry(self, ret, fn, what, *args):
+        """Finish an SSL_read or SSL_write that returned ``ret``: raise
+        what the new-session callback raised, and go on waiting after a
+        signal.  Call it right after that call, before any other.
 
         A signal during the blocking call makes it fail as "want read"
         or "want write" with errno EINTR (a timeout gives EAGAIN).
@@ -612,9 +616,6 @@ class Connection:
         """
         deadline = None
         while True:
-            if self._ssl is None:
-                raise TLSError(f"{what} on a closed connection")
-            ret = fn(self._ssl, *args)
             interrupted = ret <= 0 and ffi.errno == errno.EINTR
             if self._callback_error is not None:
                 self._raise_callback_error()
@@ -628,6 +629,9 @@ class Connection:
                 if now >= deadline:
                     break
                 lib.tlsresume_set_timeouts(self._fd, deadline - now)
+            if self._ssl is None:
+                raise TLSError(f"{what} on a closed connection")
+            ret = fn(self._ssl, *args)
         if deadline is not None:
             saved = ffi.errno
             lib.tlsresume_set_timeouts(self._fd, self.timeout)
@@ -645,10 +649,15 @@ class Connection:
             # SSL_read returns at most one record (16 KiB) a call: a
             # huge size would only allocate, or overflow the C int.
             size = _MAX_READ
-        buf = ffi.new("char[]", size)
-        ret = self._call(lib.SSL_read, "read", buf, size)
+        ssl = self._ssl
+        if ssl is None:
+            raise TLSError("read on a closed connection")
+        buf = ffi.new(_CHARS, size)
+        ret = lib.SSL_read(ssl, buf, size)
+        if ret <= 0 or self._callback_error is not None:
+            ret = self._retry(ret, lib.SSL_read, "read", buf, size)
         if ret > 0:
-            return ffi.buffer(buf, ret)[:]
+            return ffi.unpack(buf, ret)
         err = io_error(self._ssl, ret, f"reading from {self.host}:"
                        f"{self.port}", self.timeout)
         if isinstance(err, ZeroReturnError):
@@ -662,7 +671,12 @@ class Connection:
             data = bytes(memoryview(data))
         if not data:
             return 0
-        ret = self._call(lib.SSL_write, "write", data, len(data))
+        ssl = self._ssl
+        if ssl is None:
+            raise TLSError("write on a closed connection")
+        ret = lib.SSL_write(ssl, data, len(data))
+        if ret <= 0 or self._callback_error is not None:
+            ret = self._retry(ret, lib.SSL_write, "write", data, len(data))
         if ret <= 0:
             raise io_error(self._ssl, ret, f"writing to {self.host}:"
                            f"{self.port}", self.timeout)
