@@ -14,6 +14,11 @@
  * small request, one SSL_read of the first bytes of the answer (so TLS
  * 1.3 tickets are processed), SSL_shutdown once (close_notify), close.
  *
+ * --read-ahead 1 turns on SSL_CTX_set_read_ahead, which the classic
+ * example leaves off: libssl then reads whatever the socket holds in one
+ * read() instead of a record header and a body at a time.  tlsresume's
+ * ClientContext turns it on, so the bench runs this client both ways.
+ *
  * Threads share one SSL_CTX; each keeps its own saved session.  Each
  * thread first makes one untimed connection (so every timed connection
  * in resumed mode has a session to offer), then all start together.
@@ -55,6 +60,7 @@ struct options {
     long connections;   /* per thread; 0 means run for `duration` */
     double duration;
     int threads;
+    int read_ahead;
 };
 
 struct worker {
@@ -219,6 +225,7 @@ static void usage(void)
             "NAME]\n"
             "       [--tls 1.2|1.3] [--cafile FILE] [--mode full|resumed]\n"
             "       [--connections N | --duration SECONDS] [--threads N]\n"
+            "       [--read-ahead 0|1]\n"
             "--host takes a numeric address; without --cafile the server "
             "is not verified.\n");
     exit(2);
@@ -237,6 +244,7 @@ static void parse(int argc, char **argv, struct options *opt)
     opt->connections = 0;
     opt->duration = 1.0;
     opt->threads = 1;
+    opt->read_ahead = 0;
     for (i = 1; i < argc; i++) {
         const char *name = argv[i];
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
@@ -262,6 +270,8 @@ static void parse(int argc, char **argv, struct options *opt)
             opt->duration = atof(value);
         else if (strcmp(name, "--threads") == 0)
             opt->threads = atoi(value);
+        else if (strcmp(name, "--read-ahead") == 0)
+            opt->read_ahead = strcmp(value, "0") != 0;
         else
             usage();
     }
@@ -293,6 +303,8 @@ static SSL_CTX *make_context(const struct options *opt)
         }
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     }
+    if (opt->read_ahead)
+        SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT
                                    | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, new_session);

@@ -22,14 +22,16 @@ def c_client(tmp_path_factory):
     return bench.compile_c_client(bench.default_c_source(), directory)
 
 
+@pytest.mark.parametrize("read_ahead", ["0", "1"])
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
-def test_c_client_resumes_against_s_server(c_client, s_server, tls):
+def test_c_client_resumes_against_s_server(c_client, s_server, tls,
+                                           read_ahead):
     server = s_server(tls=tls)
     out = subprocess.run(
         [c_client, "--host", server.host, "--port", str(server.port),
          "--servername", "localhost", "--tls", tls, "--cafile",
          server.cafile, "--mode", "resumed", "--connections", "20",
-         "--threads", "2"],
+         "--threads", "2", "--read-ahead", read_ahead],
         capture_output=True, text=True, timeout=60, check=True)
     result = json.loads(out.stdout)
     assert result["connections"] == 40

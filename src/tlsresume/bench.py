@@ -1,6 +1,6 @@
 """``tlsresume bench``: connections per second, full and resumed.
 
-Five clients do the same work per connection: TCP connect (TCP_NODELAY),
+Six clients do the same work per connection: TCP connect (TCP_NODELAY),
 the handshake (offering the saved session in resumed mode), one small
 request, one read of the first bytes of the answer (so TLS 1.3 tickets
 are processed), close_notify (``SSL_shutdown`` once) and close.
@@ -19,6 +19,10 @@ are processed), close_notify (``SSL_shutdown`` once) and close.
 ``c-reference``
     ``csrc/c_reference_client.c``, the classic C example with the TLS 1.3
     fix, compiled here with the system compiler.
+``c-reference-read-ahead``
+    the same program with ``SSL_CTX_set_read_ahead`` on, as tlsresume's
+    :class:`~tlsresume.ClientContext` sets it (the classic example does
+    not): the C client doing exactly what tlsresume asks of libssl.
 
 The servers: ``openssl s_server -www`` (single-threaded) and
 tlsresume's own :class:`~tlsresume.Server` (in a child process), both on
@@ -61,7 +65,7 @@ from .testing import (
 )
 
 CLIENTS = ("tlsresume", "tlsresume-lowlevel", "stdlib", "pyopenssl",
-           "c-reference")
+           "c-reference", "c-reference-read-ahead")
 SERVERS = ("s_server", "tlsresume-server")
 REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 READ_SIZE = 16
@@ -581,13 +585,14 @@ def compile_c_client(source, directory):
 
 
 class CReferenceClient:
-    """csrc/c_reference_client.c, compiled on first use."""
+    """csrc/c_reference_client.c, compiled on first use; with
+    ``read_ahead``, run with libssl's read-ahead on."""
 
-    name = "c-reference"
-
-    def __init__(self, source=None, directory=None):
+    def __init__(self, source=None, directory=None, read_ahead=False):
         self.source = source or default_c_source()
         self.directory = directory
+        self.read_ahead = read_ahead
+        self.name = "c-reference" + ("-read-ahead" if read_ahead else "")
         self.exe = None
         self._version = None
 
@@ -602,7 +607,10 @@ class CReferenceClient:
         if self.exe is None:
             if self.directory is None:
                 self.directory = tempfile.mkdtemp(prefix="tlsresume-bench-")
-            self.exe = compile_c_client(self.source, self.directory)
+            key = (self.source, self.directory)
+            if not os.path.exists(_COMPILED.get(key, "")):
+                _COMPILED[key] = compile_c_client(*key)
+            self.exe = _COMPILED[key]
         return self.exe
 
     def openssl_version(self):
@@ -613,7 +621,8 @@ class CReferenceClient:
                 "--port", str(target.port),
                 "--servername", target.server_name, "--tls", tls,
                 "--cafile", target.cafile, "--mode", mode,
-                "--duration", f"{duration:g}", "--threads", str(threads)]
+                "--duration", f"{duration:g}", "--threads", str(threads),
+                "--read-ahead", "1" if self.read_ahead else "0"]
 
     def measure(self, target, tls, mode, threads, duration):
         cmd = self.command(target, tls, mode, threads, duration)
@@ -631,9 +640,14 @@ class CReferenceClient:
                       result["reused"])
 
 
+# (source, directory) -> executable: both C clients run one build.
+_COMPILED = {}
+
+
 def make_client(name, c_source=None, directory=None):
-    if name == "c-reference":
-        return CReferenceClient(c_source, directory)
+    if name.startswith("c-reference"):
+        return CReferenceClient(c_source, directory,
+                                read_ahead=name.endswith("-read-ahead"))
     return {"tlsresume": TlsresumeClient,
             "tlsresume-lowlevel": LowLevelClient,
             "stdlib": StdlibClient,
@@ -781,7 +795,8 @@ def ratios(results, cases):
                     key=lambda g: (g[0], g[1], g[2]))
     for server, tls, threads in groups:
         mine = _median(results, "tlsresume", server, tls, "resumed", threads)
-        for other in ("c-reference", "pyopenssl", "stdlib"):
+        for other in ("c-reference", "c-reference-read-ahead", "pyopenssl",
+                      "stdlib"):
             theirs = _median(results, other, server, tls, "resumed", threads)
             rows.append({
                 "what": f"tlsresume / {other}", "server": server,
@@ -1279,7 +1294,7 @@ def main(argv=None):
         prog="python -m tlsresume.bench",
         description="Connections per second, full and resumed, for "
         "tlsresume, its low-level port, the stdlib, pyOpenSSL and a C "
-        "client.")
+        "client (with and without read-ahead).")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
