@@ -25,7 +25,9 @@
  *
  * Result, one line of JSON on stdout:
  *   {"connections": N, "seconds": S, "reused": R, "threads": T,
- *    "openssl": "OpenSSL 3.0..."}
+ *    "cpu_seconds": C, "openssl": "OpenSSL 3.0..."}
+ * where C is the CPU time (user and system, all threads) the process
+ * used from the moment the threads started together to the end.
  * Any failure prints a message on stderr and exits with status 1.
  *
  * tlsresume's bench compiles it with: cc -O2 -pthread FILE -lssl -lcrypto
@@ -77,12 +79,21 @@ struct worker {
 };
 
 static int worker_index = -1;   /* SSL ex_data slot: SSL -> worker */
+static double cpu_began;        /* process CPU time at the start */
 
 static double now(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_time(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -175,7 +186,9 @@ static void *run_worker(void *arg)
     if (one_connection(w) != 0)
         w->failed = 1;
     w->reused = 0;
-    pthread_barrier_wait(w->start);
+    /* One thread, the last to arrive, notes the CPU time so far. */
+    if (pthread_barrier_wait(w->start) == PTHREAD_BARRIER_SERIAL_THREAD)
+        cpu_began = cpu_time();
     if (w->failed)
         return NULL;
 
@@ -368,9 +381,10 @@ int main(int argc, char **argv)
         return 1;
 
     printf("{\"connections\": %ld, \"seconds\": %.6f, \"reused\": %ld, "
-           "\"threads\": %d, \"openssl\": \"%s\"}\n",
+           "\"threads\": %d, \"cpu_seconds\": %.6f, "
+           "\"openssl\": \"%s\"}\n",
            connections, ended - began, reused, opt.threads,
-           OpenSSL_version(OPENSSL_VERSION));
+           cpu_time() - cpu_began, OpenSSL_version(OPENSSL_VERSION));
     pthread_barrier_destroy(&start);
     free(workers);
     free(tids);

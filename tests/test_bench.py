@@ -6,7 +6,10 @@ the JSON rows carry the fields the README and plots rely on.
 """
 
 import json
+import os
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -37,6 +40,9 @@ def test_c_client_resumes_against_s_server(c_client, s_server, tls,
     assert result["connections"] == 40
     assert result["reused"] == 40
     assert result["openssl"].startswith("OpenSSL")
+    # 40 handshakes cannot take less than 40 microseconds of CPU, nor
+    # more CPU than two threads have in the time they ran.
+    assert 40e-6 < result["cpu_seconds"] < 2 * result["seconds"] + 0.1
 
 
 def test_c_client_full_mode_never_resumes(c_client, s_server):
@@ -69,7 +75,7 @@ def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
 
 
 ROW_FIELDS = {"client", "server", "tls", "mode", "threads", "conn_per_s",
-              "reused_fraction", "openssl"}
+              "reused_fraction", "cpu_us_per_conn", "openssl"}
 
 
 def test_tiny_run_writes_rows_for_every_client(tmp_path):
@@ -91,6 +97,11 @@ def test_tiny_run_writes_rows_for_every_client(tmp_path):
         assert row["error"] is None, row
         assert set(row["conn_per_s"]) == {"median", "min", "max"}
         assert row["conn_per_s"]["median"] > 0
+        cpu = row["cpu_us_per_conn"]
+        # Every connection costs the client some CPU; the server's is
+        # read in clock ticks, so a short run may see none.
+        assert 0 < cpu["client"] < 1e6, row
+        assert cpu["server"] is not None and cpu["server"] >= 0, row
         assert row["openssl"]
         if row["mode"] == "full":
             assert row["reused_fraction"] == 0.0, row
@@ -102,3 +113,20 @@ def test_tiny_run_writes_rows_for_every_client(tmp_path):
     assert "bundled" in pyopenssl["openssl"]
     assert {t["target"] for t in report["targets"]}
     assert report["machine"]["cpus"] >= 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"),
+                    reason="reads Linux's /proc")
+def test_process_cpu_counts_this_process():
+    # Clock ticks are coarse: burn well over one, then compare.
+    before, clock = bench._process_cpu(os.getpid()), time.process_time()
+    while time.process_time() - clock < 0.2:
+        pass
+    used = bench._process_cpu(os.getpid()) - before
+    assert abs(used - (time.process_time() - clock)) < 0.05
+
+
+def test_process_cpu_of_no_process_is_none():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert bench._process_cpu(proc.pid) is None

@@ -30,6 +30,11 @@ a free loopback port with an RSA-2048 certificate from trustme.  Each
 round runs every case once per client, the client order rotating from
 round to round, so drift hits every client alike; the figures are
 medians over rounds, with min and max.
+
+Each measurement also counts the CPU time the client and the server
+used, per connection: with one client thread the two take turns, so a
+connection lasts about as long as both together, and no client can be
+faster than the server's share allows.
 """
 
 import argparse
@@ -84,7 +89,33 @@ class BenchError(Exception):
 
 # Servers -----------------------------------------------------------------
 
-class OpenSSLServer:
+def _process_cpu(pid):
+    """CPU seconds (user and system, all threads, those ended included)
+    a process has used, from Linux's /proc; None elsewhere.  The kernel
+    counts them in clock ticks, 10 ms on most systems."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # Fields 14 and 15, utime and stime, counted after the command name
+    # (which may hold spaces) and its closing parenthesis.
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _ServerProcess:
+    """What the two servers share: a child process, and its CPU time."""
+
+    _proc = None
+
+    def cpu_seconds(self):
+        """CPU seconds the server has used so far, or None."""
+        proc = self._proc
+        return None if proc is None else _process_cpu(proc.pid)
+
+
+class OpenSSLServer(_ServerProcess):
     """``openssl s_server -www`` on a free loopback port.
 
     s_server serves one connection at a time, on one core.
@@ -115,7 +146,7 @@ class OpenSSLServer:
             stop_s_server(proc)
 
 
-class TlsresumeServer:
+class TlsresumeServer(_ServerProcess):
     """tlsresume's :class:`~tlsresume.Server`, in a child process.
 
     A child process keeps the server's threads off the bench's GIL, so
@@ -177,12 +208,15 @@ def _serve_child(argv):
 
 @dataclass
 class Sample:
-    """One measurement: connections made in ``seconds``, and how many
-    of them resumed."""
+    """One measurement: connections made in ``seconds``, how many of
+    them resumed, and the CPU seconds the client and the server used
+    meanwhile (None where they could not be read)."""
 
     connections: int
     seconds: float
     reused: int
+    client_cpu: float = None
+    server_cpu: float = None
 
     @property
     def rate(self):
@@ -204,9 +238,12 @@ def _drive(make_worker, threads, duration):
     that makes one connection and returns whether it resumed.  Each
     thread makes one untimed connection first (it gives resumed mode its
     first session); then all start together, and each starts
-    connections until its deadline has passed.
+    connections until its deadline has passed.  The Sample's client CPU
+    is this process's, from that start to the end.
     """
-    barrier = threading.Barrier(threads)
+    cpu_began = []
+    barrier = threading.Barrier(
+        threads, action=lambda: cpu_began.append(time.process_time()))
     results = [None] * threads
     errors = []
 
@@ -240,11 +277,12 @@ def _drive(make_worker, threads, duration):
         worker.start()
     for worker in workers:
         worker.join()
+    cpu = time.process_time() - cpu_began[0] if cpu_began else None
     if errors:
         raise errors[0]
     return Sample(sum(r[0] for r in results),
                   max(r[3] for r in results) - min(r[2] for r in results),
-                  sum(r[1] for r in results))
+                  sum(r[1] for r in results), cpu)
 
 
 class PythonClient:
@@ -637,7 +675,7 @@ class CReferenceClient:
         result = json.loads(done.stdout)
         self._version = result["openssl"]
         return Sample(result["connections"], result["seconds"],
-                      result["reused"])
+                      result["reused"], result["cpu_seconds"])
 
 
 # (source, directory) -> executable: both C clients run one build.
@@ -705,6 +743,15 @@ class Result:
             return None
         return sum(s.reused for s in self.samples) / total
 
+    def cpu_per_connection(self, side):
+        """Microseconds of CPU per connection on ``side`` ('client' or
+        'server'), over all samples; None if any lacks it."""
+        used = [getattr(s, side + "_cpu") for s in self.samples]
+        connections = sum(s.connections for s in self.samples)
+        if not used or None in used or not connections:
+            return None
+        return sum(used) / connections * 1e6
+
     @property
     def resumed_as_asked(self):
         """Did every connection do what the mode asks (resume or not)?"""
@@ -730,6 +777,10 @@ class Result:
             "reused_fraction": (None if self.reused_fraction is None
                                 else round(self.reused_fraction, 4)),
             "resumed_as_asked": self.resumed_as_asked,
+            "cpu_us_per_conn": {
+                side: (None if value is None else round(value, 1))
+                for side in ("client", "server")
+                for value in [self.cpu_per_connection(side)]},
             "openssl": openssl,
             "error": self.error,
         }
@@ -758,13 +809,19 @@ def run_rounds(clients, servers, cases, rounds, duration, progress=None):
                     progress(f"round {round_index + 1}/{rounds}: {name}, "
                              f"{case.label()}")
                 if result.error is None:
+                    before = server.cpu_seconds()
                     try:
-                        result.samples.append(clients[name].measure(
+                        sample = clients[name].measure(
                             target, case.tls, case.mode, case.threads,
-                            duration))
+                            duration)
                     except Exception as exc:
                         result.error = (f"{type(exc).__name__}: {exc}"
                                         .strip())
+                    else:
+                        after = server.cpu_seconds()
+                        if before is not None and after is not None:
+                            sample.server_cpu = after - before
+                        result.samples.append(sample)
                 if progress is not None:
                     progress(None)
     return results
@@ -830,6 +887,12 @@ def targets(results, threads):
         notes = [n for n in (_partial(results, num[0], "s_server", *num[1:]),
                              _partial(results, den[0], "s_server", *den[1:]))
                  if n]
+        if den[0] not in ("c-reference", num[0]):
+            # What the C client itself reaches against the same client:
+            # the most a binding as cheap as C could show.
+            c = _median(results, "c-reference", "s_server", *den[1:])
+            if c and b:
+                notes.append(f"c-reference: {c / b:.2f} x {den[0]}")
         checks.append({"target": text, "threshold": floor,
                        "ratio": None if value is None else round(value, 3),
                        "met": None if value is None else value >= floor,
@@ -921,6 +984,21 @@ def _tables(report, results, cases, clients):
                        for name in clients])
     yield ("Connections per second: median (min-max) over "
            f"{report['settings']['rounds']} rounds", header, rows)
+
+    rows = []
+    for case in cases:
+        cells = []
+        for name in clients:
+            result = results.get((name, case))
+            used = (None if result is None else
+                    [result.cpu_per_connection(side)
+                     for side in ("client", "server")])
+            cells.append("-" if used is None or None in used
+                         else f"{used[0]:,.0f} + {used[1]:,.0f}")
+        rows.append([case.server, case.tls, case.mode, str(case.threads)]
+                    + cells)
+    yield ("CPU per connection, microseconds: client + server", header,
+           rows)
 
     rows = [[r["what"], r["server"], r["tls"], str(r["threads"]),
              f"{r['ratio']:.2f}"]
