@@ -99,9 +99,11 @@ def test_tiny_run_writes_rows_for_every_client(tmp_path):
         assert row["conn_per_s"]["median"] > 0
         cpu = row["cpu_us_per_conn"]
         # Every connection costs the client some CPU; the server's is
-        # read in clock ticks, so a short run may see none.
+        # read from Linux's /proc in clock ticks, so a short run may see
+        # none.
         assert 0 < cpu["client"] < 1e6, row
-        assert cpu["server"] is not None and cpu["server"] >= 0, row
+        if os.path.exists("/proc/self/stat"):
+            assert cpu["server"] is not None and cpu["server"] >= 0, row
         assert row["openssl"]
         if row["mode"] == "full":
             assert row["reused_fraction"] == 0.0, row
