@@ -8,6 +8,10 @@ the bench, e.g. ``--rounds 3`` or ``--clients tlsresume,c-reference``.
 
 Usage: python benchmarks/run_full.py [BENCH OPTIONS]
 
+It runs the tlsresume installed for this Python (``pip install
+'.[bench,plot]'`` from the source tree first); ``--help`` lists the
+bench's options.
+
 The three files are the published figures, and a run replaces them: for
 a trial, pass ``--json``, ``--markdown`` and ``--plot`` with other
 paths (they come after this script's own and win).
@@ -26,6 +30,11 @@ DURATION = "1.5"
 
 
 def main(argv):
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip())
+        print("\nThe bench's options:\n")
+        return subprocess.call([sys.executable, "-m", "tlsresume.bench",
+                                "--help"])
     cmd = [sys.executable, "-m", "tlsresume.bench",
            "--rounds", ROUNDS, "--duration", DURATION,
            "--json", os.path.join(HERE, "results.json"),
@@ -34,7 +43,7 @@ def main(argv):
         import matplotlib  # noqa: F401
     except ImportError:
         print("matplotlib is missing: no results.png (pip install "
-              "'tlsresume[plot]')", file=sys.stderr)
+              "'.[plot]' in the source tree)", file=sys.stderr)
     else:
         cmd += ["--plot", os.path.join(HERE, "results.png")]
     # Later options win: the caller may override rounds and duration.

@@ -506,8 +506,8 @@ class PyOpenSSLClient(PythonClient):
         try:
             import OpenSSL.SSL  # noqa: F401
         except ImportError:
-            return ("pyOpenSSL is not installed (pip install "
-                    "'tlsresume[bench]')")
+            return ("pyOpenSSL is not installed (the bench extra: "
+                    "pip install '.[bench]' in tlsresume's source tree)")
         return None
 
     def openssl_version(self):
@@ -1082,8 +1082,9 @@ def _matplotlib():
     try:
         import matplotlib
     except ImportError:
-        raise BenchError("--plot needs matplotlib: pip install "
-                         "'tlsresume[plot]'") from None
+        raise BenchError("--plot needs matplotlib (the plot extra: "
+                         "pip install '.[plot]' in tlsresume's source "
+                         "tree)") from None
     return matplotlib
 
 
@@ -1318,6 +1319,10 @@ def _run_in(args, rounds, duration, workdir):
             server.stop()
     if cache_error:
         notes.append(cache_error)
+    if args.quick:
+        notes.append("--quick measures for 0.15 s at a time: its figures "
+                     "and verdicts move by a tenth or more from run to "
+                     "run; judge targets on a full run")
     if "pyopenssl" in clients:
         notes.append("pyopenssl runs on the OpenSSL bundled with its "
                      "cryptography wheel, not on the system's libssl")
