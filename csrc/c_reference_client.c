@@ -25,9 +25,12 @@
  *
  * Result, one line of JSON on stdout:
  *   {"connections": N, "seconds": S, "reused": R, "threads": T,
- *    "cpu_seconds": C, "openssl": "OpenSSL 3.0..."}
- * where C is the CPU time (user and system, all threads) the process
- * used from the moment the threads started together to the end.
+ *    "cpu_seconds": C, "server_cpu_seconds": SC,
+ *    "openssl": "OpenSSL 3.0..."}
+ * where C is the CPU time (user and system, all threads) this process
+ * used from the moment the threads started together to the end, and SC
+ * what the process --server-pid names used meanwhile (read from Linux's
+ * /proc; null without --server-pid or where it cannot be read).
  * Any failure prints a message on stderr and exits with status 1.
  *
  * tlsresume's bench compiles it with: cc -O2 -pthread FILE -lssl -lcrypto
@@ -63,6 +66,7 @@ struct options {
     double duration;
     int threads;
     int read_ahead;
+    long server_pid;    /* 0: none */
 };
 
 struct worker {
@@ -80,6 +84,7 @@ struct worker {
 
 static int worker_index = -1;   /* SSL ex_data slot: SSL -> worker */
 static double cpu_began;        /* process CPU time at the start */
+static double server_began;     /* the server's, or -1 */
 
 static double now(void)
 {
@@ -95,6 +100,32 @@ static double cpu_time(void)
 
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU seconds process `pid` has used, all its threads (those ended
+ * too), from Linux's /proc; -1 if it cannot be read. */
+static double process_cpu(long pid)
+{
+    char path[64], text[1024], *end;
+    unsigned long utime, stime;
+    size_t n;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    /* utime and stime are fields 14 and 15, counted after the command
+     * name (which may hold spaces) and its closing parenthesis. */
+    end = strrchr(text, ')');
+    if (end == NULL
+        || sscanf(end + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u"
+                  " %lu %lu", &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static void fail(const char *what)
@@ -186,9 +217,11 @@ static void *run_worker(void *arg)
     if (one_connection(w) != 0)
         w->failed = 1;
     w->reused = 0;
-    /* One thread, the last to arrive, notes the CPU time so far. */
-    if (pthread_barrier_wait(w->start) == PTHREAD_BARRIER_SERIAL_THREAD)
+    /* One thread, the last to arrive, notes the CPU times so far. */
+    if (pthread_barrier_wait(w->start) == PTHREAD_BARRIER_SERIAL_THREAD) {
         cpu_began = cpu_time();
+        server_began = opt->server_pid ? process_cpu(opt->server_pid) : -1;
+    }
     if (w->failed)
         return NULL;
 
@@ -238,10 +271,39 @@ static void usage(void)
             "NAME]\n"
             "       [--tls 1.2|1.3] [--cafile FILE] [--mode full|resumed]\n"
             "       [--connections N | --duration SECONDS] [--threads N]\n"
-            "       [--read-ahead 0|1]\n"
+            "       [--read-ahead 0|1] [--server-pid PID]\n"
             "--host takes a numeric address; without --cafile the server "
             "is not verified.\n");
     exit(2);
+}
+
+/* The whole of `text` as a decimal number in [low, high], or usage(). */
+static long whole_number(const char *text, long low, long high)
+{
+    char *end;
+    long value;
+
+    errno = 0;
+    value = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || value < low
+        || value > high)
+        usage();
+    return value;
+}
+
+/* A positive, finite number of seconds (at most a day), or usage(). */
+static double seconds(const char *text)
+{
+    char *end;
+    double value;
+
+    errno = 0;
+    value = strtod(text, &end);
+    /* NaN fails the first comparison, infinity the second. */
+    if (errno != 0 || end == text || *end != '\0' || !(value > 0)
+        || value > 86400)
+        usage();
+    return value;
 }
 
 static void parse(int argc, char **argv, struct options *opt)
@@ -258,6 +320,7 @@ static void parse(int argc, char **argv, struct options *opt)
     opt->duration = 1.0;
     opt->threads = 1;
     opt->read_ahead = 0;
+    opt->server_pid = 0;
     for (i = 1; i < argc; i++) {
         const char *name = argv[i];
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
@@ -268,29 +331,31 @@ static void parse(int argc, char **argv, struct options *opt)
         if (strcmp(name, "--host") == 0)
             opt->host = value;
         else if (strcmp(name, "--port") == 0)
-            opt->port = atoi(value);
+            opt->port = (int)whole_number(value, 1, 65535);
         else if (strcmp(name, "--servername") == 0)
             opt->servername = value;
         else if (strcmp(name, "--tls") == 0)
             opt->tls = value;
         else if (strcmp(name, "--cafile") == 0)
             opt->cafile = value;
-        else if (strcmp(name, "--mode") == 0)
-            opt->resumed = strcmp(value, "full") != 0;
+        else if (strcmp(name, "--mode") == 0 && strcmp(value, "full") == 0)
+            opt->resumed = 0;
+        else if (strcmp(name, "--mode") == 0
+                 && strcmp(value, "resumed") == 0)
+            opt->resumed = 1;
         else if (strcmp(name, "--connections") == 0)
-            opt->connections = atol(value);
+            opt->connections = whole_number(value, 1, 1000000000);
         else if (strcmp(name, "--duration") == 0)
-            opt->duration = atof(value);
+            opt->duration = seconds(value);
         else if (strcmp(name, "--threads") == 0)
-            opt->threads = atoi(value);
+            opt->threads = (int)whole_number(value, 1, 100000);
         else if (strcmp(name, "--read-ahead") == 0)
-            opt->read_ahead = strcmp(value, "0") != 0;
+            opt->read_ahead = (int)whole_number(value, 0, 1);
+        else if (strcmp(name, "--server-pid") == 0)
+            opt->server_pid = whole_number(value, 1, 1L << 30);
         else
             usage();
     }
-    if (opt->port <= 0 || opt->port > 65535 || opt->threads < 1
-        || (opt->connections <= 0 && opt->duration <= 0))
-        usage();
     if (opt->tls != NULL && strcmp(opt->tls, "1.2") != 0
         && strcmp(opt->tls, "1.3") != 0)
         usage();
@@ -330,11 +395,18 @@ int main(int argc, char **argv)
     struct worker *workers;
     pthread_t *tids;
     pthread_barrier_t start;
-    double began = 0, ended = 0;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    double began = 0, ended = 0, server_used = -1;
     long connections = 0, reused = 0;
     int i, failed = 0;
 
     parse(argc, argv, &opt);
+    if (resolve(&opt, &addr, &addrlen) != 0) {
+        fprintf(stderr, "c_reference_client: --host must be a numeric "
+                "address, not %s\n", opt.host);
+        return 1;
+    }
     worker_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     SSL_CTX *ctx = make_context(&opt);
     if (ctx == NULL) {
@@ -353,14 +425,14 @@ int main(int argc, char **argv)
         workers[i].opt = &opt;
         workers[i].ctx = ctx;
         workers[i].start = &start;
-        if (resolve(&opt, &workers[i].addr, &workers[i].addrlen) != 0) {
-            fprintf(stderr, "c_reference_client: --host must be a numeric "
-                    "address, not %s\n", opt.host);
-            return 1;
-        }
+        workers[i].addr = addr;
+        workers[i].addrlen = addrlen;
         if (pthread_create(&tids[i], NULL, run_worker, &workers[i]) != 0) {
-            fail("pthread_create failed");
-            return 1;
+            fprintf(stderr, "c_reference_client: cannot start thread %d "
+                    "of %d\n", i + 1, opt.threads);
+            /* The threads started wait at the barrier, or use OpenSSL:
+             * leave at once, without exit()'s clean-up under them. */
+            _exit(1);
         }
     }
     for (i = 0; i < opt.threads; i++) {
@@ -380,11 +452,21 @@ int main(int argc, char **argv)
     if (failed)
         return 1;
 
+    if (server_began >= 0) {
+        double now_used = process_cpu(opt.server_pid);
+
+        if (now_used >= 0)
+            server_used = now_used - server_began;
+    }
     printf("{\"connections\": %ld, \"seconds\": %.6f, \"reused\": %ld, "
-           "\"threads\": %d, \"cpu_seconds\": %.6f, "
-           "\"openssl\": \"%s\"}\n",
+           "\"threads\": %d, \"cpu_seconds\": %.6f, ",
            connections, ended - began, reused, opt.threads,
-           cpu_time() - cpu_began, OpenSSL_version(OPENSSL_VERSION));
+           cpu_time() - cpu_began);
+    if (server_used >= 0)
+        printf("\"server_cpu_seconds\": %.6f, ", server_used);
+    else
+        printf("\"server_cpu_seconds\": null, ");
+    printf("\"openssl\": \"%s\"}\n", OpenSSL_version(OPENSSL_VERSION));
     pthread_barrier_destroy(&start);
     free(workers);
     free(tids);

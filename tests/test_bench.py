@@ -43,6 +43,36 @@ def test_c_client_resumes_against_s_server(c_client, s_server, tls,
     # 40 handshakes cannot take less than 40 microseconds of CPU, nor
     # more CPU than two threads have in the time they ran.
     assert 40e-6 < result["cpu_seconds"] < 2 * result["seconds"] + 0.1
+    assert result["server_cpu_seconds"] is None  # no --server-pid
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"),
+                    reason="the server's CPU is read from Linux's /proc")
+def test_c_client_reads_the_servers_cpu(c_client, s_server):
+    server = s_server(tls="1.2")
+    out = subprocess.run(
+        [c_client, "--host", server.host, "--port", str(server.port),
+         "--tls", "1.2", "--cafile", server.cafile, "--mode", "full",
+         "--duration", "0.3", "--server-pid", str(server.process.pid)],
+        capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(out.stdout)
+    # 0.3 s of full RSA-2048 handshakes keep s_server busy for more than
+    # one 10 ms clock tick; it cannot use more than its one thread had.
+    assert 0.01 <= result["server_cpu_seconds"] <= result["seconds"] + 0.1
+
+
+@pytest.mark.parametrize("bad", [
+    ["--port", "443x"], ["--port", "0"], ["--port", "70000"],
+    ["--mode", "fast"], ["--duration", "nan"], ["--duration", "-1"],
+    ["--threads", "0"], ["--connections", "1e3"], ["--read-ahead", "2"],
+    ["--server-pid", "-5"], ["--tls", "1.1"], ["--frobnicate", "1"],
+    ["--port"]])
+def test_c_client_refuses_bad_arguments(c_client, bad):
+    argv = [c_client, "--host", "127.0.0.1", "--port", "1"]
+    out = subprocess.run(argv + bad, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2, (bad, out.stderr)
+    assert "usage" in out.stderr.lower()
 
 
 def test_c_client_full_mode_never_resumes(c_client, s_server):

@@ -105,14 +105,15 @@ def _process_cpu(pid):
 
 
 class _ServerProcess:
-    """What the two servers share: a child process, and its CPU time."""
+    """What the two servers share: a child process, and its pid."""
 
     _proc = None
 
-    def cpu_seconds(self):
-        """CPU seconds the server has used so far, or None."""
+    @property
+    def pid(self):
+        """The server process's id while it runs, else None."""
         proc = self._proc
-        return None if proc is None else _process_cpu(proc.pid)
+        return None if proc is None else proc.pid
 
 
 class OpenSSLServer(_ServerProcess):
@@ -229,9 +230,15 @@ class Target:
     port: int
     cafile: str
     server_name: str = SERVER_NAME
+    server_pid: int = None  # to read the server's CPU time; None: don't
+
+    def server_cpu(self):
+        """CPU seconds the server has used so far, or None."""
+        pid = self.server_pid
+        return None if pid is None else _process_cpu(pid)
 
 
-def _drive(make_worker, threads, duration):
+def _drive(make_worker, threads, duration, server_cpu=None):
     """Run ``threads`` workers for ``duration`` seconds; return a Sample.
 
     ``make_worker()`` is called in each thread and returns a function
@@ -239,11 +246,16 @@ def _drive(make_worker, threads, duration):
     thread makes one untimed connection first (it gives resumed mode its
     first session); then all start together, and each starts
     connections until its deadline has passed.  The Sample's client CPU
-    is this process's, from that start to the end.
+    is this process's, from that start to the end; its server CPU what
+    ``server_cpu()`` (seconds so far, or None) grew by meanwhile.
     """
     cpu_began = []
-    barrier = threading.Barrier(
-        threads, action=lambda: cpu_began.append(time.process_time()))
+
+    def started():
+        cpu_began.append(time.process_time())
+        cpu_began.append(server_cpu() if server_cpu else None)
+
+    barrier = threading.Barrier(threads, action=started)
     results = [None] * threads
     errors = []
 
@@ -277,12 +289,17 @@ def _drive(make_worker, threads, duration):
         worker.start()
     for worker in workers:
         worker.join()
-    cpu = time.process_time() - cpu_began[0] if cpu_began else None
+    cpu = server = None
+    if cpu_began:
+        cpu = time.process_time() - cpu_began[0]
+        server_ended = server_cpu() if server_cpu else None
+        if cpu_began[1] is not None and server_ended is not None:
+            server = server_ended - cpu_began[1]
     if errors:
         raise errors[0]
     return Sample(sum(r[0] for r in results),
                   max(r[3] for r in results) - min(r[2] for r in results),
-                  sum(r[1] for r in results), cpu)
+                  sum(r[1] for r in results), cpu, server)
 
 
 class PythonClient:
@@ -300,7 +317,8 @@ class PythonClient:
     def measure(self, target, tls, mode, threads, duration):
         setup = self.setup(target, tls, mode == "resumed")
         try:
-            return _drive(setup.worker, threads, duration)
+            return _drive(setup.worker, threads, duration,
+                          target.server_cpu)
         finally:
             setup.close()
 
@@ -660,7 +678,9 @@ class CReferenceClient:
                 "--servername", target.server_name, "--tls", tls,
                 "--cafile", target.cafile, "--mode", mode,
                 "--duration", f"{duration:g}", "--threads", str(threads),
-                "--read-ahead", "1" if self.read_ahead else "0"]
+                "--read-ahead", "1" if self.read_ahead else "0"] + (
+                    [] if target.server_pid is None
+                    else ["--server-pid", str(target.server_pid)])
 
     def measure(self, target, tls, mode, threads, duration):
         cmd = self.command(target, tls, mode, threads, duration)
@@ -675,7 +695,8 @@ class CReferenceClient:
         result = json.loads(done.stdout)
         self._version = result["openssl"]
         return Sample(result["connections"], result["seconds"],
-                      result["reused"], result["cpu_seconds"])
+                      result["reused"], result["cpu_seconds"],
+                      result["server_cpu_seconds"])
 
 
 # (source, directory) -> executable: both C clients run one build.
@@ -802,14 +823,14 @@ def run_rounds(clients, servers, cases, rounds, duration, progress=None):
         order = names[shift:] + names[:shift]
         for case in cases:
             server = servers[case.server]
-            target = Target(server.host, server.port, server.certs.cafile)
+            target = Target(server.host, server.port, server.certs.cafile,
+                            server_pid=server.pid)
             for name in order:
                 result = results[(name, case)]
                 if progress is not None:
                     progress(f"round {round_index + 1}/{rounds}: {name}, "
                              f"{case.label()}")
                 if result.error is None:
-                    before = server.cpu_seconds()
                     try:
                         sample = clients[name].measure(
                             target, case.tls, case.mode, case.threads,
@@ -818,9 +839,6 @@ def run_rounds(clients, servers, cases, rounds, duration, progress=None):
                         result.error = (f"{type(exc).__name__}: {exc}"
                                         .strip())
                     else:
-                        after = server.cpu_seconds()
-                        if before is not None and after is not None:
-                            sample.server_cpu = after - before
                         result.samples.append(sample)
                 if progress is not None:
                     progress(None)
