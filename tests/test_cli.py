@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tlsresume
-from tlsresume.cli import main, parse_hostport
+from tlsresume.cli import main, parse_hostport, summarise
 from tlsresume.testing import local_server
 
 from rawtls import FakeServer, speak_http
@@ -242,3 +242,16 @@ def test_serve_on_a_busy_port_writes_no_ca(capsys, tmp_path):
                                       "--write-ca", str(cafile)])
     assert "cannot listen" in message
     assert not cafile.exists()
+
+
+def test_summary_line_says_faster_or_slower():
+    line = summarise("TLS 1.3", [(False, 0.004), (True, 0.001),
+                                 (True, 0.001)])
+    assert line == ("TLS 1.3: 2 of 3 resumed, full handshake 4.00 ms, "
+                    "resumed 1.00 ms median, 4.0x faster")
+    # On a loaded machine the one full handshake may be the quick one.
+    line = summarise("TLS 1.2", [(False, 0.001), (True, 0.002)])
+    assert line.endswith("resumed 2.00 ms median, 2.0x slower "
+                         "(is the machine busy?)")
+    assert summarise("TLS 1.2", [(False, 0.001)]) == (
+        "TLS 1.2: 0 of 1 resumed, full handshake 1.00 ms")
