@@ -9,7 +9,10 @@
  * (SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), which sees
  * every ticket as it is processed.
  *
- * Per connection, exactly: TCP connect (TCP_NODELAY), SSL_set_session
+ * Per connection, exactly: TCP connect (TCP_NODELAY, and send and
+ * receive timeouts of --timeout seconds, 10 by default, as tlsresume's
+ * ClientContext sets them, so a server that never answers is an error
+ * rather than a hang), SSL_set_session
  * with the saved session (resumed mode), SSL_connect, SSL_write of a
  * small request, one SSL_read of the first bytes of the answer (so TLS
  * 1.3 tickets are processed), SSL_shutdown once (close_notify), close.
@@ -46,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,6 +71,7 @@ struct options {
     int threads;
     int read_ahead;
     long server_pid;    /* 0: none */
+    struct timeval timeout_tv;  /* for each send and each receive */
 };
 
 struct worker {
@@ -161,6 +166,11 @@ static int one_connection(struct worker *w)
         return -1;
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* Linux applies the send timeout to connect() too. */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &opt->timeout_tv,
+               sizeof(opt->timeout_tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &opt->timeout_tv,
+               sizeof(opt->timeout_tv));
     if (connect(fd, (struct sockaddr *)&w->addr, w->addrlen) != 0) {
         perror("c_reference_client: connect");
         goto done;
@@ -271,7 +281,8 @@ static void usage(void)
             "NAME]\n"
             "       [--tls 1.2|1.3] [--cafile FILE] [--mode full|resumed]\n"
             "       [--connections N | --duration SECONDS] [--threads N]\n"
-            "       [--read-ahead 0|1] [--server-pid PID]\n"
+            "       [--read-ahead 0|1] [--server-pid PID] [--timeout "
+            "SECONDS]\n"
             "--host takes a numeric address; without --cafile the server "
             "is not verified.\n");
     exit(2);
@@ -283,6 +294,8 @@ static long whole_number(const char *text, long low, long high)
     char *end;
     long value;
 
+    if (!(text[0] >= '0' && text[0] <= '9') && text[0] != '-')
+        usage();    /* strtol would skip leading blanks, and take '+' */
     errno = 0;
     value = strtol(text, &end, 10);
     if (errno != 0 || end == text || *end != '\0' || value < low
@@ -297,6 +310,8 @@ static double seconds(const char *text)
     char *end;
     double value;
 
+    if (!(text[0] >= '0' && text[0] <= '9') && text[0] != '.')
+        usage();    /* no blanks, signs, "inf" or "nan" */
     errno = 0;
     value = strtod(text, &end);
     /* NaN fails the first comparison, infinity the second. */
@@ -308,10 +323,11 @@ static double seconds(const char *text)
 
 static void parse(int argc, char **argv, struct options *opt)
 {
-    int i;
+    int i, timed = 0;
+    double timeout = 10.0;
 
-    opt->host = "127.0.0.1";
-    opt->port = 4433;
+    opt->host = NULL;
+    opt->port = 0;
     opt->servername = "localhost";
     opt->tls = NULL;
     opt->cafile = NULL;
@@ -345,8 +361,11 @@ static void parse(int argc, char **argv, struct options *opt)
             opt->resumed = 1;
         else if (strcmp(name, "--connections") == 0)
             opt->connections = whole_number(value, 1, 1000000000);
-        else if (strcmp(name, "--duration") == 0)
+        else if (strcmp(name, "--duration") == 0) {
             opt->duration = seconds(value);
+            timed = 1;
+        } else if (strcmp(name, "--timeout") == 0)
+            timeout = seconds(value);
         else if (strcmp(name, "--threads") == 0)
             opt->threads = (int)whole_number(value, 1, 100000);
         else if (strcmp(name, "--read-ahead") == 0)
@@ -356,9 +375,16 @@ static void parse(int argc, char **argv, struct options *opt)
         else
             usage();
     }
-    if (opt->tls != NULL && strcmp(opt->tls, "1.2") != 0
-        && strcmp(opt->tls, "1.3") != 0)
+    if (opt->host == NULL || opt->port == 0
+        || (timed && opt->connections > 0)
+        || (opt->tls != NULL && strcmp(opt->tls, "1.2") != 0
+            && strcmp(opt->tls, "1.3") != 0))
         usage();
+    opt->timeout_tv.tv_sec = (time_t)timeout;
+    opt->timeout_tv.tv_usec =
+        (suseconds_t)((timeout - (double)opt->timeout_tv.tv_sec) * 1e6);
+    if (opt->timeout_tv.tv_sec == 0 && opt->timeout_tv.tv_usec == 0)
+        opt->timeout_tv.tv_usec = 1;    /* 0 would mean no timeout */
 }
 
 static SSL_CTX *make_context(const struct options *opt)

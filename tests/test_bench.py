@@ -7,6 +7,7 @@ the JSON rows carry the fields the README and plots rely on.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -66,13 +67,39 @@ def test_c_client_reads_the_servers_cpu(c_client, s_server):
     ["--mode", "fast"], ["--duration", "nan"], ["--duration", "-1"],
     ["--threads", "0"], ["--connections", "1e3"], ["--read-ahead", "2"],
     ["--server-pid", "-5"], ["--tls", "1.1"], ["--frobnicate", "1"],
-    ["--port"]])
+    ["--port"], ["--port", " 443"], ["--port", "+443"],
+    ["--duration", "inf"], ["--timeout", "0"],
+    ["--connections", "5", "--duration", "1"]])
 def test_c_client_refuses_bad_arguments(c_client, bad):
     argv = [c_client, "--host", "127.0.0.1", "--port", "1"]
     out = subprocess.run(argv + bad, capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2, (bad, out.stderr)
     assert "usage" in out.stderr.lower()
+
+
+@pytest.mark.parametrize("argv", [[], ["--host", "127.0.0.1"],
+                                  ["--port", "4433"]])
+def test_c_client_needs_host_and_port(c_client, argv):
+    out = subprocess.run([c_client] + argv, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2
+    assert "usage" in out.stderr.lower()
+
+
+def test_c_client_gives_up_on_a_silent_server(c_client):
+    # A listening socket that never accepts: the kernel completes the TCP
+    # handshake, and nobody ever answers the ClientHello.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        began = time.monotonic()
+        out = subprocess.run(
+            [c_client, "--host", "127.0.0.1", "--port", str(port),
+             "--connections", "1", "--timeout", "0.3"],
+            capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "SSL_connect failed" in out.stderr
+    assert time.monotonic() - began < 10
 
 
 def test_c_client_full_mode_never_resumes(c_client, s_server):
@@ -162,3 +189,61 @@ def test_process_cpu_of_no_process_is_none():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert bench._process_cpu(proc.pid) is None
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--duration", "nan"], "--duration"),
+    (["--duration", "inf"], "--duration"),
+    (["--duration", "0"], "--duration"),
+    (["--rounds", "0"], "--rounds"),
+    (["--rounds", "x"], "--rounds"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "100000"], "--threads"),
+    (["--threads", "abc"], "--threads"),
+    (["--json", ""], "--json"),
+    (["--json", "."], "--json"),
+    (["--markdown", "/no/such/directory/r.md"], "--markdown"),
+    (["--plot", "/no/such/directory/r.png"], "--plot"),
+    (["--clients", "tlsresume,curl"], "--clients"),
+])
+def test_bad_options_stop_the_bench_before_it_runs(capsys, argv, named):
+    began = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv + ["--plain"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {named}" in err, err
+    assert "Traceback" not in err
+    assert time.monotonic() - began < 5  # nothing was measured
+
+
+def test_lists_keep_each_value_once():
+    parse = bench._csv(bench.SERVERS)
+    assert parse("s_server, s_server,tlsresume-server") == [
+        "s_server", "tlsresume-server"]
+    assert bench._csv(kind=bench._whole(1, 4))("2,1,2") == [2, 1]
+
+
+def test_a_measurement_without_connections_is_shown_not_fatal():
+    case = bench.Case("s_server", "1.2", "resumed", 1)
+    empty = bench.Result("tlsresume", case,
+                         [bench.Sample(0, 0.001, 0, 0.001, None)])
+    results = {("tlsresume", case): empty}
+    assert bench._fmt_rate(empty).endswith("(no connection made)")
+    assert bench._median(results, "tlsresume", *vars(case).values()) is None
+    checks = bench.targets(results, [1])
+    assert all(check["met"] is None for check in checks)
+    row = empty.row("OpenSSL")
+    assert row["reused_fraction"] is None and row["connections"] == 0
+
+
+def test_thread_counts_that_cannot_run_are_noted(tmp_path):
+    out = tmp_path / "r.json"
+    status = bench.main([
+        "--clients", "tlsresume", "--servers", "tlsresume-server",
+        "--tls", "1.3", "--modes", "resumed", "--threads", "1,4",
+        "--rounds", "1", "--duration", "0.05", "--no-cache-bench",
+        "--plain", "--json", str(out)])
+    assert status == 0
+    notes = json.loads(out.read_text())["notes"]
+    assert any(n.startswith("threads 4 not measured") for n in notes), notes

@@ -849,7 +849,10 @@ def _median(results, client, server, tls, mode, threads):
     result = results.get((client, Case(server, tls, mode, threads)))
     if result is None or result.error or not result.samples:
         return None
-    if mode == "resumed" and result.reused_fraction < 0.5:
+    fraction = result.reused_fraction
+    if fraction is None:
+        return None  # no connection was made at all
+    if mode == "resumed" and fraction < 0.5:
         return None  # a client that did not resume has no resumed figure
     return result.median
 
@@ -860,6 +863,8 @@ def _partial(results, client, server, tls, mode, threads):
     if (result is None or mode != "resumed" or not result.samples
             or result.reused_fraction == 1.0):
         return None
+    if result.reused_fraction is None:
+        return f"{client} made no connection"
     return f"{client} {_percent(result.reused_fraction)} reused"
 
 
@@ -975,7 +980,9 @@ def _fmt_rate(result):
     rates = result.rates
     text = f"{result.median:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
     fraction = result.reused_fraction
-    if result.case.mode == "resumed" and fraction != 1.0:
+    if fraction is None:
+        text += " (no connection made)"
+    elif result.case.mode == "resumed" and fraction != 1.0:
         text += (" NOT RESUMED" if fraction < 0.5 else "") \
             + f" ({_percent(fraction)} reused)"
     elif result.case.mode == "full" and fraction != 0.0:
@@ -1163,13 +1170,64 @@ def plot(report, path):
                loc="upper center", bbox_to_anchor=(0.5, 0.965))
     fig.suptitle("tlsresume bench: median over rounds, bars min-max")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # at `path`, suffix or not
     plt.close(fig)
 
 
 # Command line ------------------------------------------------------------
 
+# Limits on what one run may ask for: beyond them a run would only
+# exhaust descriptors or never end.
+MAX_THREADS = 64
+MAX_ROUNDS = 1000
+MAX_DURATION = 3600.0
+
+
+def _whole(low, high):
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value} is not between {low} and {high}")
+        return value
+    return whole_number
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds") from None
+    # NaN fails the comparison too.
+    if not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not more than 0 and at most {MAX_DURATION:g} s")
+    return value
+
+
+def _output(text):
+    """A file to write: refused at once, not after the run, if it
+    cannot be."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty file name")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"no directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+            os.path.exists(text) and not os.access(text, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text}")
+    return text
+
+
 def _csv(choices=None, kind=str):
+    """A comma-separated list, each value once, in the order given."""
     def parse(text):
         values = [kind(v.strip()) for v in text.split(",") if v.strip()]
         if not values:
@@ -1180,7 +1238,7 @@ def _csv(choices=None, kind=str):
                 raise argparse.ArgumentTypeError(
                     f"unknown {', '.join(map(str, bad))}; choose from "
                     f"{', '.join(map(str, choices))}")
-        return values
+        return list(dict.fromkeys(values))
     return parse
 
 
@@ -1189,10 +1247,10 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="short rounds: the whole run in under a "
                         "minute")
-    parser.add_argument("--rounds", type=int,
+    parser.add_argument("--rounds", type=_whole(1, MAX_ROUNDS),
                         help=f"rounds (default {FULL_SETTINGS[0]}, quick "
                         f"{QUICK_SETTINGS[0]})")
-    parser.add_argument("--duration", type=float,
+    parser.add_argument("--duration", type=_seconds,
                         help="seconds per measurement (default "
                         f"{FULL_SETTINGS[1]:g}, quick {QUICK_SETTINGS[1]:g})")
     parser.add_argument("--clients", type=_csv(CLIENTS),
@@ -1206,16 +1264,18 @@ def add_arguments(parser):
     parser.add_argument("--modes", type=_csv(("full", "resumed")),
                         default=["full", "resumed"],
                         help="full,resumed")
-    parser.add_argument("--threads", type=_csv(kind=int), default=[1, 2, 4],
-                        help="client thread counts (default 1,2,4; more "
-                        "than 1 runs resumed against s_server)")
+    parser.add_argument("--threads", type=_csv(kind=_whole(1, MAX_THREADS)),
+                        default=[1, 2, 4],
+                        help="client thread counts, 1 to "
+                        f"{MAX_THREADS} (default 1,2,4; more than 1 runs "
+                        "resumed against s_server)")
     parser.add_argument("--no-cache-bench", action="store_true",
                         help="skip the SessionCache micro-benchmarks")
-    parser.add_argument("--json", metavar="FILE",
+    parser.add_argument("--json", metavar="FILE", type=_output,
                         help="write every measurement as JSON rows")
-    parser.add_argument("--markdown", metavar="FILE",
+    parser.add_argument("--markdown", metavar="FILE", type=_output,
                         help="write the tables as Markdown")
-    parser.add_argument("--plot", metavar="FILE.png",
+    parser.add_argument("--plot", metavar="FILE.png", type=_output,
                         help="draw a bar chart (needs matplotlib)")
     parser.add_argument("--c-source", metavar="FILE",
                         help="the C reference client's source (default: "
@@ -1278,12 +1338,10 @@ def run(args):
     failed or the bench could not start.
     """
     rounds, duration = QUICK_SETTINGS if args.quick else FULL_SETTINGS
-    rounds = args.rounds or rounds
-    duration = args.duration or duration
-    if rounds < 1 or duration <= 0 or any(n < 1 for n in args.threads):
-        print("error: rounds, duration and threads must be positive",
-              file=sys.stderr)
-        return 1
+    if args.rounds is not None:
+        rounds = args.rounds
+    if args.duration is not None:
+        duration = args.duration
     try:
         return _run(args, rounds, duration)
     except (BenchError, ToolError) as exc:
@@ -1341,6 +1399,12 @@ def _run_in(args, rounds, duration, workdir):
         notes.append("--quick measures for 0.15 s at a time: its figures "
                      "and verdicts move by a tenth or more from run to "
                      "run; judge targets on a full run")
+    unmeasured = [n for n in args.threads
+                  if n > 1 and not any(c.threads == n for c in cases)]
+    if unmeasured:
+        notes.append(f"threads {', '.join(map(str, unmeasured))} not "
+                     "measured: more than one thread runs resumed against "
+                     "s_server only")
     if "pyopenssl" in clients:
         notes.append("pyopenssl runs on the OpenSSL bundled with its "
                      "cryptography wheel, not on the system's libssl")
