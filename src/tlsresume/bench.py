@@ -1183,31 +1183,29 @@ MAX_ROUNDS = 1000
 MAX_DURATION = 3600.0
 
 
-def _whole(low, high):
-    def whole_number(text):
+def _number(convert, noun, accept, limits):
+    """An argparse type: ``convert(text)``, kept if ``accept`` says so."""
+    def parse(text):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"{value} is not between {low} and {high}")
+                f"{text!r} is not {noun}") from None
+        # NaN fails every comparison, so ``accept`` refuses it too.
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {limits}")
         return value
-    return whole_number
+    return parse
 
 
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds") from None
-    # NaN fails the comparison too.
-    if not 0 < value <= MAX_DURATION:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not more than 0 and at most {MAX_DURATION:g} s")
-    return value
+def _whole(low, high):
+    return _number(int, "a whole number", lambda v: low <= v <= high,
+                   f"between {low} and {high}")
+
+
+_seconds = _number(float, "a number of seconds",
+                   lambda v: 0 < v <= MAX_DURATION,
+                   f"more than 0 and at most {MAX_DURATION:g} s")
 
 
 def _output(text):
