@@ -32,9 +32,9 @@ round to round, so drift hits every client alike; the figures are
 medians over rounds, with min and max.
 
 Each measurement also counts the CPU time the client and the server
-used, per connection: with one client thread the two take turns, so a
-connection lasts about as long as both together, and no client can be
-faster than the server's share allows.
+used, per connection: with one client thread the two mostly take
+turns, so a connection lasts a little less than both together, and no
+client can be faster than the server's share allows.
 """
 
 import argparse
@@ -238,7 +238,7 @@ class Target:
         return None if pid is None else _process_cpu(pid)
 
 
-def _drive(make_worker, threads, duration, server_cpu=None):
+def _drive(make_worker, threads, duration, server_cpu):
     """Run ``threads`` workers for ``duration`` seconds; return a Sample.
 
     ``make_worker()`` is called in each thread and returns a function
@@ -249,11 +249,11 @@ def _drive(make_worker, threads, duration, server_cpu=None):
     is this process's, from that start to the end; its server CPU what
     ``server_cpu()`` (seconds so far, or None) grew by meanwhile.
     """
-    cpu_began = []
+    began = {}  # CPU seconds so far when the threads start together
 
     def started():
-        cpu_began.append(time.process_time())
-        cpu_began.append(server_cpu() if server_cpu else None)
+        began["client"] = time.process_time()
+        began["server"] = server_cpu()
 
     barrier = threading.Barrier(threads, action=started)
     results = [None] * threads
@@ -290,11 +290,11 @@ def _drive(make_worker, threads, duration, server_cpu=None):
     for worker in workers:
         worker.join()
     cpu = server = None
-    if cpu_began:
-        cpu = time.process_time() - cpu_began[0]
-        server_ended = server_cpu() if server_cpu else None
-        if cpu_began[1] is not None and server_ended is not None:
-            server = server_ended - cpu_began[1]
+    if began:
+        cpu = time.process_time() - began["client"]
+        server_ended = server_cpu()
+        if began["server"] is not None and server_ended is not None:
+            server = server_ended - began["server"]
     if errors:
         raise errors[0]
     return Sample(sum(r[0] for r in results),
@@ -832,14 +832,12 @@ def run_rounds(clients, servers, cases, rounds, duration, progress=None):
                              f"{case.label()}")
                 if result.error is None:
                     try:
-                        sample = clients[name].measure(
+                        result.samples.append(clients[name].measure(
                             target, case.tls, case.mode, case.threads,
-                            duration)
+                            duration))
                     except Exception as exc:
                         result.error = (f"{type(exc).__name__}: {exc}"
                                         .strip())
-                    else:
-                        result.samples.append(sample)
                 if progress is not None:
                     progress(None)
     return results
